@@ -1,0 +1,265 @@
+"""The memory table: per source line of a function, how resident memory moved while it ran.
+
+Built from a native trace result and the function's source; rendered in memory_profiler's
+layout with one more column (Peak). Sizes are stored in bytes and shown in MiB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import linecache
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LineRow", "MemoryTable", "source_of"]
+
+MIB = 1024 * 1024
+#: Contents longer than this are cut when rendered (the data keeps them whole).
+MAX_CONTENTS = 200
+
+_TEMPLATE = "{0:>6} {1:>12} {2:>12} {3:>12}  {4:>11}   {5}"
+HEADER = _TEMPLATE.format("Line #", "Mem usage", "Increment", "Peak", "Occurrences", "Line Contents")
+
+
+def mib(value: int) -> str:
+    """Bytes as memory_profiler shows them: ``152.6 MiB``."""
+    return f"{value / MIB:.1f} MiB"
+
+
+def signed_mib(value: int) -> str:
+    return f"{value / MIB:+.1f} MiB"
+
+
+@dataclass(frozen=True)
+class LineRow:
+    """One source line. The numbers are ``None`` for lines that did not run."""
+
+    lineno: int
+    contents: str
+    mem_usage: int | None = None
+    increment: int | None = None
+    peak: int | None = None
+    occurrences: int = 0
+
+    @property
+    def ran(self) -> bool:
+        return self.occurrences > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.lineno,
+            "contents": self.contents,
+            "increment": self.increment,
+            "peak": self.peak,
+            "occurrences": self.occurrences,
+            "mem_usage": self.mem_usage,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LineRow:
+        return cls(
+            lineno=int(d["line"]),
+            contents=str(d["contents"]),
+            mem_usage=_opt_int(d.get("mem_usage")),
+            increment=_opt_int(d.get("increment")),
+            peak=_opt_int(d.get("peak")),
+            occurrences=int(d.get("occurrences") or 0),
+        )
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+@dataclass(frozen=True)
+class MemoryTable:
+    """The memory table of one traced function.
+
+    ``peak_growth``: highest RSS during the trace minus RSS at its start (bytes).
+    ``notes``: what the reader should know (peak not exact, source missing, ...).
+    """
+
+    title: str
+    function: str
+    filename: str
+    rows: tuple[LineRow, ...]
+    start_rss: int
+    end_rss: int
+    peak_growth: int
+    exact_peak: bool
+    metric: str = "rss"
+    notes: tuple[str, ...] = ()
+    marked: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def lines(self) -> tuple[LineRow, ...]:
+        """Rows of the lines that ran."""
+        return tuple(r for r in self.rows if r.ran)
+
+    @property
+    def has_source(self) -> bool:
+        return bool(self.rows)
+
+    def row(self, lineno: int) -> LineRow | None:
+        for r in self.rows:
+            if r.lineno == lineno:
+                return r
+        return None
+
+    def with_marks(self, marked: Iterable[int]) -> MemoryTable:
+        return dataclasses.replace(self, marked=frozenset(marked))
+
+    def render(self, *, header: bool = True) -> str:
+        """The table as text, memory_profiler's layout plus a Peak column.
+
+        Rows of lines over a budget or regressed (``marked``) start with ``>``.
+        """
+        out: list[str] = []
+        if header:
+            out.append(f"{self.title}  ({self.function} in {self.filename})")
+            summary = (
+                f"{self.metric_label()}: start {mib(self.start_rss)}, "
+                f"peak growth {signed_mib(self.peak_growth)}, "
+                f"end {signed_mib(self.end_rss - self.start_rss)}"
+            )
+            out.append(summary)
+            out.extend(f"note: {n}" for n in self.notes)
+            out.append("")
+        if not self.rows:
+            return "\n".join(out).rstrip("\n")
+        out.append(HEADER)
+        out.append("=" * len(HEADER))
+        for r in self.rows:
+            contents = r.contents.expandtabs(4)
+            if len(contents) > MAX_CONTENTS:
+                contents = contents[: MAX_CONTENTS - 1] + "…"
+            if r.ran:
+                assert r.mem_usage is not None and r.increment is not None and r.peak is not None
+                line = _TEMPLATE.format(
+                    r.lineno,
+                    mib(r.mem_usage),
+                    mib(r.increment),
+                    mib(r.peak),
+                    r.occurrences,
+                    contents,
+                )
+            else:
+                line = _TEMPLATE.format(r.lineno, "", "", "", "", contents)
+            if r.lineno in self.marked:
+                line = ">" + line[1:]
+            out.append(line.rstrip())
+        return "\n".join(out)
+
+    def metric_label(self) -> str:
+        if self.metric == "heap":
+            return "Python heap (tracemalloc)"
+        kind = "exact in-line peak" if self.exact_peak else "peak sampled at line boundaries"
+        return f"RSS of the whole process, {kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "function": self.function,
+            "filename": self.filename,
+            "metric": self.metric,
+            "start_rss": self.start_rss,
+            "end_rss": self.end_rss,
+            "peak_growth": self.peak_growth,
+            "exact_peak": self.exact_peak,
+            "notes": list(self.notes),
+            "lines": [r.to_dict() for r in self.rows],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemoryTable:
+        return cls(
+            title=str(d["title"]),
+            function=str(d["function"]),
+            filename=str(d["filename"]),
+            rows=tuple(LineRow.from_dict(r) for r in d["lines"]),
+            start_rss=int(d["start_rss"]),
+            end_rss=int(d["end_rss"]),
+            peak_growth=int(d["peak_growth"]),
+            exact_peak=bool(d["exact_peak"]),
+            metric=str(d.get("metric", "rss")),
+            notes=tuple(str(n) for n in d.get("notes", ())),
+        )
+
+
+def _last_line(code: types.CodeType) -> int:
+    last = code.co_firstlineno
+    for _, _, line in code.co_lines():
+        if line is not None and line > last:
+            last = line
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            last = max(last, _last_line(const))
+    return last
+
+
+def source_of(code: types.CodeType) -> tuple[list[str], str | None]:
+    """The source lines of ``code`` (first line to last), or ``([], why not)``."""
+    filename = code.co_filename
+    try:
+        lines = linecache.getlines(filename)
+    except Exception as exc:  # a broken loader: say so, never fail the test for it
+        return [], f"no per-line view: reading {filename} failed ({exc})"
+    if not lines:
+        return [], f"no per-line view: the source of {filename} is not available"
+    first = code.co_firstlineno
+    last = _last_line(code)
+    if first < 1 or last > len(lines):
+        return [], f"no per-line view: {filename} does not match the running code"
+    return [line.rstrip("\r\n") for line in lines[first - 1 : last]], None
+
+
+def build_table(
+    *,
+    title: str,
+    code: types.CodeType | None,
+    lines: Sequence[tuple[int, int, int, int, int]],
+    start_rss: int,
+    end_rss: int,
+    peak_growth: int,
+    exact_peak: bool,
+    metric: str = "rss",
+    notes: Sequence[str] = (),
+    no_code_reason: str | None = None,
+) -> MemoryTable:
+    """A table from a native trace: ``lines`` are ``(lineno, increment, peak, mem_usage,
+    occurrences)`` for the lines that ran."""
+    all_notes = list(notes)
+    rows: list[LineRow] = []
+    if code is None:
+        function, filename = "?", "?"
+        all_notes.append(no_code_reason or "no per-line view: the test has no Python code object")
+    else:
+        function, filename = code.co_qualname, code.co_filename
+        source, why = source_of(code)
+        if why is not None:
+            all_notes.append(why)
+        else:
+            measured = {ln: (inc, pk, mem, occ) for ln, inc, pk, mem, occ in lines}
+            first = code.co_firstlineno
+            for i, text in enumerate(source):
+                lineno = first + i
+                m = measured.get(lineno)
+                if m is None:
+                    rows.append(LineRow(lineno, text))
+                else:
+                    inc, pk, mem, occ = m
+                    rows.append(LineRow(lineno, text, mem, inc, pk, occ))
+    return MemoryTable(
+        title=title,
+        function=function,
+        filename=filename,
+        rows=tuple(rows),
+        start_rss=start_rss,
+        end_rss=end_rss,
+        peak_growth=peak_growth,
+        exact_peak=exact_peak,
+        metric=metric,
+        notes=tuple(all_notes),
+    )

@@ -1,0 +1,714 @@
+//! The line tracer: start/stop, the trace callbacks, and the previous tracer saved and restored.
+//!
+//! Two backends:
+//! - `settrace`: a C trace function installed with `PyEval_SetTrace` (the only choice on 3.11).
+//!   It sees every event of the thread; for frames that are not traced it costs one pointer
+//!   compare (line events) or one code-object lookup (call events). It chains to the trace
+//!   function that was installed before (coverage's C tracer, say), so both keep working.
+//! - `monitoring` (3.12+): `sys.monitoring` with a free tool id, LINE/PY_* events enabled on the
+//!   traced code objects only, so code elsewhere pays nothing.
+//!
+//! The state of the one running trace lives in a GIL-guarded global: every access happens with
+//! the GIL held (trace callbacks and the Python-facing functions alike), and nothing in here
+//! calls back into arbitrary Python code while it holds a reference to the state, except the
+//! chained previous tracer, which is called before the state is borrowed.
+
+use std::cell::UnsafeCell;
+use std::os::raw::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyList, PyTuple};
+
+use crate::lines::Recorder;
+use crate::rss::{ReaderKind, RssReader};
+
+/// Pre-sized per-function line slots: functions shorter than this never allocate on a line.
+const LINE_SLOTS: usize = 256;
+/// How many words of `PyThreadState` to scan for the trace-function slot.
+const TSTATE_WORDS: usize = 40;
+/// At most this many suspended generator/coroutine activations are remembered.
+const MAX_SUSPENDED: usize = 64;
+
+const CO_GENERATOR_LIKE: c_int = ffi::CO_GENERATOR | ffi::CO_COROUTINE | ffi::CO_ASYNC_GENERATOR;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    SetTrace,
+    Monitoring,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::SetTrace => "settrace",
+            Backend::Monitoring => "monitoring",
+        }
+    }
+}
+
+/// One activation of a traced function: which function, and which frame (settrace) or code
+/// object (monitoring) it belongs to.
+#[derive(Clone, Copy, Debug)]
+struct Activation {
+    func: usize,
+    key: usize,
+}
+
+struct Session {
+    recorder: Recorder,
+    reader: RssReader,
+    exact_peak: bool,
+    backend: Backend,
+    /// Traced code objects (strong references), and their raw pointers for the lookups.
+    codes: Vec<Py<PyAny>>,
+    code_ptrs: Vec<*mut ffi::PyObject>,
+    generator_like: Vec<bool>,
+    /// Traced activations, innermost last; suspended generators/coroutines aside.
+    stack: Vec<Activation>,
+    suspended: Vec<Activation>,
+    /// settrace: the trace function and object that were installed before ours.
+    prev_func: Option<ffi::Py_tracefunc>,
+    prev_obj: Option<Py<PyAny>>,
+    handle: Option<Py<PyAny>>,
+    chain_note: Option<String>,
+    /// monitoring: our tool id, and the thread being traced.
+    tool_id: Option<u8>,
+    thread: *mut ffi::PyThreadState,
+    /// The first problem met inside a callback, raised or reported when the trace stops.
+    error: Option<&'static str>,
+}
+
+struct GilCell<T>(UnsafeCell<T>);
+// SAFETY: the cell is only touched with the GIL held (see the module docs).
+unsafe impl<T> Sync for GilCell<T> {}
+
+static SESSION: GilCell<Option<Box<Session>>> = GilCell(UnsafeCell::new(None));
+
+/// The running session. Caller holds the GIL and must not keep the reference across a call
+/// that can re-enter this module.
+#[inline]
+#[allow(clippy::mut_from_ref)]
+unsafe fn session() -> Option<&'static mut Session> {
+    (*SESSION.0.get()).as_deref_mut()
+}
+
+fn take_session() -> Option<Box<Session>> {
+    // SAFETY: called with the GIL held, from the Python-facing functions only.
+    unsafe { (*SESSION.0.get()).take() }
+}
+
+impl Session {
+    #[inline]
+    fn index_of(&self, code: *mut ffi::PyObject) -> Option<usize> {
+        self.code_ptrs.iter().position(|&c| c == code)
+    }
+
+    /// Reads RSS (and the peak since the last reset); `None` (and an error noted) on failure.
+    #[inline]
+    fn sample(&mut self) -> Option<(u64, u64)> {
+        let Some(rss) = self.reader.current() else {
+            self.error.get_or_insert("reading RSS failed during the trace");
+            return None;
+        };
+        let high = if self.exact_peak {
+            self.reader.peak_since_reset().unwrap_or(rss).max(rss)
+        } else {
+            rss
+        };
+        Some((rss, high))
+    }
+
+    #[inline]
+    fn reset_peak(&mut self) {
+        if self.exact_peak {
+            self.reader.reset_peak();
+        }
+    }
+
+    /// A line event in activation `act` (which is on top of the stack).
+    #[inline]
+    fn on_line(&mut self, func: usize, line: c_int) {
+        if let Some((rss, high)) = self.sample() {
+            self.recorder
+                .line(func, u32::try_from(line).unwrap_or(0), rss, high);
+            self.reset_peak();
+        }
+    }
+
+    /// The traced function `func` (keyed by frame or code) starts or resumes.
+    fn enter(&mut self, func: usize, key: usize, fresh: bool) {
+        if let Some(pos) = self.suspended.iter().rposition(|a| a.key == key && a.func == func) {
+            let act = self.suspended.remove(pos);
+            if !fresh {
+                self.stack.push(act);
+                return;
+            }
+            // A new activation in place of a finished one: close what it left open.
+            self.close_function(func);
+        }
+        self.stack.push(Activation { func, key });
+    }
+
+    /// The activation on top of the stack returns (or, for generators, yields).
+    fn leave(&mut self, key: usize, suspend: bool) {
+        let Some(top) = self.stack.last().copied() else {
+            return;
+        };
+        if top.key != key {
+            return;
+        }
+        self.stack.pop();
+        if suspend {
+            if self.suspended.len() >= MAX_SUSPENDED {
+                let old = self.suspended.remove(0);
+                self.close_function(old.func);
+            }
+            self.suspended.push(top);
+        } else {
+            self.close_function(top.func);
+        }
+    }
+
+    fn close_function(&mut self, func: usize) {
+        if let Some((rss, high)) = self.sample() {
+            self.recorder.close(func, rss, high);
+            self.reset_peak();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// settrace backend
+
+/// Our C trace function. Chains to the previous one first, then does its own (cheap) work.
+unsafe extern "C" fn trace_callback(
+    _obj: *mut ffi::PyObject,
+    frame: *mut ffi::PyFrameObject,
+    what: c_int,
+    arg: *mut ffi::PyObject,
+) -> c_int {
+    let Some(s) = session() else { return 0 };
+    if let Some(prev) = s.prev_func {
+        let prev_obj = s.prev_obj.as_ref().map_or(std::ptr::null_mut(), |o| o.as_ptr());
+        // The previous tracer may run Python code: no borrow of the state is held across it.
+        let rc = prev(prev_obj, frame, what, arg);
+        if rc != 0 {
+            return rc;
+        }
+    }
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let Some(s) = session() else { return };
+        match what {
+            ffi::PyTrace_LINE => {
+                if let Some(top) = s.stack.last() {
+                    if top.key == frame as usize {
+                        let func = top.func;
+                        s.on_line(func, ffi::PyFrame_GetLineNumber(frame));
+                    }
+                }
+            }
+            ffi::PyTrace_CALL => {
+                let code = ffi::PyFrame_GetCode(frame) as *mut ffi::PyObject;
+                // The frame keeps its code alive: a borrowed pointer is enough.
+                ffi::Py_DECREF(code);
+                if let Some(func) = s.index_of(code) {
+                    let fresh = ffi::PyFrame_GetLasti(frame) < 0;
+                    s.enter(func, frame as usize, fresh);
+                }
+            }
+            ffi::PyTrace_RETURN => {
+                if let Some(top) = s.stack.last() {
+                    if top.key == frame as usize {
+                        let suspend = s.generator_like[top.func];
+                        s.leave(frame as usize, suspend);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }));
+    if result.is_err() {
+        if let Some(s) = session() {
+            s.error.get_or_insert("internal error (panic) in the trace callback");
+        }
+    }
+    0
+}
+
+/// Reads the first words of the current thread state.
+unsafe fn tstate_words() -> [usize; TSTATE_WORDS] {
+    let ts = ffi::PyThreadState_Get() as *const usize;
+    let mut words = [0usize; TSTATE_WORDS];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = ts.add(i).read();
+    }
+    words
+}
+
+/// Handle object passed as the trace object: `sys.gettrace()` returns it while we trace.
+#[pyclass(module = "pytest_memline._memline", name = "TraceHandle", frozen)]
+pub struct TraceHandle;
+
+#[pymethods]
+impl TraceHandle {
+    /// Called only if someone installs this handle as a Python-level tracer: do nothing.
+    #[pyo3(signature = (*_args))]
+    fn __call__(&self, _args: &Bound<'_, PyTuple>) {}
+
+    fn __repr__(&self) -> &'static str {
+        "<pytest_memline tracer>"
+    }
+}
+
+fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let previous = py.import("sys")?.getattr("gettrace")?.call0()?;
+    let prev_obj_ptr = if previous.is_none() {
+        std::ptr::null_mut()
+    } else {
+        previous.as_ptr()
+    };
+    let handle = Py::new(py, TraceHandle)?.into_any();
+    // SAFETY: GIL held. PyEval_SetTrace drops its reference to the previous trace object; we
+    // hold our own (`previous`) until the trace stops, so chaining to it stays valid.
+    unsafe {
+        let before = tstate_words();
+        ffi::PyEval_SetTrace(Some(trace_callback), handle.as_ptr());
+        let after = tstate_words();
+        let ours = trace_callback as ffi::Py_tracefunc as usize;
+        let slot = (0..TSTATE_WORDS - 2)
+            .find(|&i| after[i] == ours && after[i + 2] == handle.as_ptr() as usize);
+        match slot {
+            Some(i) if before[i] == 0 => {}
+            Some(i) if before[i + 2] == prev_obj_ptr as usize => {
+                s.prev_func = Some(std::mem::transmute::<usize, ffi::Py_tracefunc>(before[i]));
+                s.prev_obj = (!previous.is_none()).then(|| previous.clone().unbind());
+            }
+            _ => {
+                s.chain_note = Some(format!(
+                    "a trace function was active before memline ({}) and could not be chained; \
+                     it is paused while each test is traced",
+                    previous.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+                ));
+            }
+        }
+    }
+    s.handle = Some(handle);
+    Ok(())
+}
+
+/// Removes our trace function if it is still installed, restoring the previous one.
+/// Returns whether someone else replaced ours meanwhile.
+fn uninstall_settrace(py: Python<'_>, s: &mut Session) -> bool {
+    let handle_ptr = s.handle.as_ref().map_or(std::ptr::null_mut(), |h| h.as_ptr());
+    let current = py
+        .import("sys")
+        .and_then(|sys| sys.getattr("gettrace")?.call0())
+        .map(|t| t.as_ptr())
+        .unwrap_or(std::ptr::null_mut());
+    let ours = current == handle_ptr;
+    if ours || current == py.None().as_ptr() {
+        let prev_obj = s.prev_obj.as_ref().map_or(std::ptr::null_mut(), |o| o.as_ptr());
+        // SAFETY: GIL held; prev_obj is kept alive by `s.prev_obj` (PyEval_SetTrace increfs it).
+        unsafe { ffi::PyEval_SetTrace(s.prev_func, prev_obj) };
+    }
+    !ours
+}
+
+// ---------------------------------------------------------------------------------------------
+// sys.monitoring backend (3.12+)
+
+const EV_LINE: u32 = 1 << 5;
+const EV_PY_START: u32 = 1 << 0;
+const EV_PY_RESUME: u32 = 1 << 1;
+const EV_PY_RETURN: u32 = 1 << 2;
+const EV_PY_YIELD: u32 = 1 << 3;
+const EV_PY_UNWIND: u32 = 1 << 14;
+/// Tool ids we may take, in order of preference: 0 (debugger), 1 (coverage) and 5
+/// (optimizer) are left to their owners.
+const TOOL_IDS: [u8; 3] = [2, 3, 4];
+const TOOL_NAME: &str = "pytest-memline";
+
+#[inline]
+unsafe fn monitoring_session(code: &Bound<'_, PyAny>) -> Option<(&'static mut Session, usize)> {
+    let s = session()?;
+    if s.backend != Backend::Monitoring || ffi::PyThreadState_Get() != s.thread {
+        return None;
+    }
+    let func = s.index_of(code.as_ptr())?;
+    Some((s, func))
+}
+
+fn guarded(f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        // SAFETY: GIL held (we are called from Python).
+        if let Some(s) = unsafe { session() } {
+            s.error.get_or_insert("internal error (panic) in a monitoring callback");
+        }
+    }
+}
+
+#[pyfunction]
+fn _mon_line(code: &Bound<'_, PyAny>, line: c_int) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, func)) = unsafe { monitoring_session(code) } {
+            let key = code.as_ptr() as usize;
+            match s.stack.last() {
+                Some(top) if top.key == key => {}
+                // A line of a function we did not see start (tracing began inside it).
+                _ => s.enter(func, key, false),
+            }
+            s.on_line(func, line);
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset))]
+fn _mon_start(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, func)) = unsafe { monitoring_session(code) } {
+            s.enter(func, code.as_ptr() as usize, true);
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset))]
+fn _mon_resume(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, func)) = unsafe { monitoring_session(code) } {
+            s.enter(func, code.as_ptr() as usize, false);
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset, _value))]
+fn _mon_return(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, _)) = unsafe { monitoring_session(code) } {
+            s.leave(code.as_ptr() as usize, false);
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset, _value))]
+fn _mon_yield(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, _)) = unsafe { monitoring_session(code) } {
+            s.leave(code.as_ptr() as usize, true);
+        }
+    })
+}
+
+fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    let mut tool = None;
+    for id in TOOL_IDS {
+        if mon.call_method1("get_tool", (id,))?.is_none() {
+            mon.call_method1("use_tool_id", (id, TOOL_NAME))?;
+            tool = Some(id);
+            break;
+        }
+    }
+    let Some(id) = tool else {
+        let mut held = Vec::new();
+        for id in 0u8..6 {
+            let name = mon.call_method1("get_tool", (id,))?;
+            if !name.is_none() {
+                held.push(format!("{id}: {}", name.repr()?));
+            }
+        }
+        return Err(PyRuntimeError::new_err(format!(
+            "memline: no free sys.monitoring tool id (it uses 2, 3 or 4); held: {}",
+            held.join(", ")
+        )));
+    };
+    s.tool_id = Some(id);
+    // SAFETY: GIL held.
+    s.thread = unsafe { ffi::PyThreadState_Get() };
+    let m = py.import("pytest_memline._memline")?;
+    let register = |event: u32, name: &str| -> PyResult<()> {
+        mon.call_method1("register_callback", (id, event, m.getattr(name)?))?;
+        Ok(())
+    };
+    register(EV_LINE, "_mon_line")?;
+    register(EV_PY_START, "_mon_start")?;
+    register(EV_PY_RESUME, "_mon_resume")?;
+    register(EV_PY_RETURN, "_mon_return")?;
+    register(EV_PY_YIELD, "_mon_yield")?;
+    register(EV_PY_UNWIND, "_mon_return")?;
+    // PY_UNWIND cannot be enabled per code object: it is global, and cheap (exceptions only).
+    mon.call_method1("set_events", (id, EV_PY_UNWIND))?;
+    let local = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | EV_PY_YIELD;
+    for code in &s.codes {
+        mon.call_method1("set_local_events", (id, code.bind(py), local))?;
+    }
+    Ok(())
+}
+
+fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let Some(id) = s.tool_id.take() else {
+        return Ok(());
+    };
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    // Do not touch a tool id that someone else has taken over meanwhile.
+    let owner = mon.call_method1("get_tool", (id,))?;
+    if owner.is_none() || owner.extract::<String>().ok().as_deref() != Some(TOOL_NAME) {
+        return Ok(());
+    }
+    for code in &s.codes {
+        mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+    }
+    mon.call_method1("set_events", (id, 0))?;
+    for event in [
+        EV_LINE,
+        EV_PY_START,
+        EV_PY_RESUME,
+        EV_PY_RETURN,
+        EV_PY_YIELD,
+        EV_PY_UNWIND,
+    ] {
+        mon.call_method1("register_callback", (id, event, py.None()))?;
+    }
+    mon.call_method1("free_tool_id", (id,))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Python-facing API
+
+/// The lines of one traced function.
+#[pyclass(module = "pytest_memline._memline", name = "FunctionTrace", frozen, get_all)]
+pub struct FunctionTrace {
+    /// The traced code object.
+    code: Py<PyAny>,
+    /// `(lineno, increment, peak, mem_usage, occurrences)` for every line that ran, in order.
+    lines: Vec<(u32, i64, i64, u64, u64)>,
+}
+
+/// What one trace measured. Sizes are bytes.
+#[pyclass(module = "pytest_memline._memline", name = "TraceResult", frozen, get_all)]
+pub struct TraceResult {
+    start_rss: u64,
+    end_rss: u64,
+    high_rss: u64,
+    peak_growth: i64,
+    exact_peak: bool,
+    reader: &'static str,
+    backend: &'static str,
+    /// Why the peak is not exact, when it is not.
+    peak_note: Option<String>,
+    /// Set when something else took over tracing before the trace ended.
+    interrupted: Option<String>,
+    /// A note on chaining to a previous tracer.
+    chain_note: Option<String>,
+    /// An error met inside a callback.
+    error: Option<String>,
+    samples: u64,
+    functions: Vec<Py<FunctionTrace>>,
+}
+
+#[pymethods]
+impl TraceResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "<TraceResult peak_growth={} functions={} samples={}>",
+            self.peak_growth,
+            self.functions.len(),
+            self.samples
+        )
+    }
+}
+
+/// Starts tracing the given code objects on the calling thread.
+#[pyfunction]
+#[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto"))]
+pub fn start(
+    py: Python<'_>,
+    codes: &Bound<'_, PyList>,
+    peak: bool,
+    reader: &str,
+    backend: &str,
+) -> PyResult<()> {
+    // SAFETY: GIL held.
+    if unsafe { session() }.is_some() {
+        return Err(PyRuntimeError::new_err(
+            "memline: a trace is already running on this interpreter",
+        ));
+    }
+    let backend = match backend {
+        "auto" if py.version_info() >= (3, 12) => Backend::Monitoring,
+        "auto" | "settrace" => Backend::SetTrace,
+        "monitoring" if py.version_info() >= (3, 12) => Backend::Monitoring,
+        "monitoring" => {
+            return Err(PyValueError::new_err(
+                "the 'monitoring' backend needs Python 3.12 or later (sys.monitoring)",
+            ))
+        }
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown backend {other:?}: expected 'auto', 'settrace' or 'monitoring'"
+            )))
+        }
+    };
+    let kind = ReaderKind::parse(reader).map_err(PyValueError::new_err)?;
+    let code_type = py.import("types")?.getattr("CodeType")?;
+    let mut code_objs = Vec::with_capacity(codes.len());
+    let mut firsts = Vec::with_capacity(codes.len());
+    let mut gens = Vec::with_capacity(codes.len());
+    for code in codes.iter() {
+        if !code.is_instance(&code_type)? {
+            return Err(PyValueError::new_err(format!(
+                "memline: expected code objects, got {}",
+                code.get_type().name()?
+            )));
+        }
+        firsts.push(code.getattr("co_firstlineno")?.extract::<u32>()?);
+        let flags: c_int = code.getattr("co_flags")?.extract()?;
+        gens.push(flags & CO_GENERATOR_LIKE != 0);
+        code_objs.push(code.unbind());
+    }
+    let mut rss = RssReader::open(kind, peak).map_err(PyRuntimeError::new_err)?;
+    let exact_peak = rss.exact_peak();
+    rss.reset_peak();
+    let start_rss = rss
+        .current()
+        .ok_or_else(|| PyRuntimeError::new_err("memline: cannot read RSS"))?;
+    let mut recorder = Recorder::new(start_rss);
+    for first in &firsts {
+        recorder.add_function(*first, LINE_SLOTS);
+    }
+    let code_ptrs = code_objs.iter().map(|c| c.as_ptr()).collect();
+    let mut s = Box::new(Session {
+        recorder,
+        reader: rss,
+        exact_peak,
+        backend,
+        codes: code_objs,
+        code_ptrs,
+        generator_like: gens,
+        stack: Vec::with_capacity(16),
+        suspended: Vec::with_capacity(MAX_SUSPENDED),
+        prev_func: None,
+        prev_obj: None,
+        handle: None,
+        chain_note: None,
+        tool_id: None,
+        thread: std::ptr::null_mut(),
+        error: None,
+    });
+    match backend {
+        Backend::SetTrace => install_settrace(py, &mut s)?,
+        Backend::Monitoring => {
+            if let Err(e) = install_monitoring(py, &mut s) {
+                let _ = uninstall_monitoring(py, &mut s);
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: GIL held; the callbacks only see the session from here on.
+    unsafe { *SESSION.0.get() = Some(s) };
+    Ok(())
+}
+
+/// Stops the trace and returns what it measured.
+#[pyfunction]
+pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
+    let Some(mut s) = take_session() else {
+        return Err(PyRuntimeError::new_err("memline: no trace is running"));
+    };
+    let interrupted = match s.backend {
+        Backend::SetTrace => uninstall_settrace(py, &mut s).then(|| {
+            "another trace function (a debugger?) replaced memline's during the test; \
+             lines after that point are charged to the line that was running"
+                .to_string()
+        }),
+        Backend::Monitoring => {
+            uninstall_monitoring(py, &mut s)?;
+            None
+        }
+    };
+    let (rss, high) = s.sample().unwrap_or((s.recorder.last_rss, s.recorder.last_rss));
+    s.recorder.finish(rss, high);
+    let mut functions = Vec::with_capacity(s.recorder.functions.len());
+    for (record, code) in s.recorder.functions.iter().zip(&s.codes) {
+        let lines = record
+            .lines()
+            .map(|(n, st)| (n, st.increment, st.peak, st.mem_usage, st.occurrences))
+            .collect();
+        functions.push(Py::new(
+            py,
+            FunctionTrace {
+                code: code.clone_ref(py),
+                lines,
+            },
+        )?);
+    }
+    Ok(TraceResult {
+        start_rss: s.recorder.start_rss,
+        end_rss: rss,
+        high_rss: s.recorder.high_rss,
+        peak_growth: s.recorder.peak_growth(),
+        exact_peak: s.exact_peak,
+        reader: s.reader.describe(),
+        backend: s.backend.name(),
+        peak_note: s.reader.peak_unavailable.clone(),
+        interrupted,
+        chain_note: s.chain_note.take(),
+        error: s.error.map(str::to_string),
+        samples: s.recorder.samples,
+        functions,
+    })
+}
+
+/// Whether a trace is running.
+#[pyfunction]
+pub fn is_tracing() -> bool {
+    // SAFETY: GIL held (a pyfunction).
+    unsafe { session() }.is_some()
+}
+
+/// In a forked child: drop the parent's trace without measuring anything.
+#[pyfunction]
+pub fn abandon(py: Python<'_>) -> PyResult<()> {
+    if let Some(mut s) = take_session() {
+        match s.backend {
+            Backend::SetTrace => {
+                uninstall_settrace(py, &mut s);
+            }
+            Backend::Monitoring => uninstall_monitoring(py, &mut s)?,
+        }
+    }
+    Ok(())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<TraceHandle>()?;
+    m.add_class::<FunctionTrace>()?;
+    m.add_class::<TraceResult>()?;
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(is_tracing, m)?)?;
+    m.add_function(wrap_pyfunction!(abandon, m)?)?;
+    for f in [
+        wrap_pyfunction!(_mon_line, m)?,
+        wrap_pyfunction!(_mon_start, m)?,
+        wrap_pyfunction!(_mon_resume, m)?,
+        wrap_pyfunction!(_mon_return, m)?,
+        wrap_pyfunction!(_mon_yield, m)?,
+    ] {
+        let f: Bound<'_, PyCFunction> = f;
+        m.add_function(f)?;
+    }
+    Ok(())
+}
