@@ -243,6 +243,8 @@ class MemlinePlugin:
         if self.settings.top > 0:
             for row in table.lines:
                 assert row.increment is not None
+                if row.increment <= 0:
+                    continue
                 self.counter += 1
                 entry = (row.increment, self.counter, report.nodeid, row.lineno, row.contents.strip())
                 if len(self.top) < self.settings.top:

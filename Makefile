@@ -1,0 +1,40 @@
+# pytest-memline: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+.PHONY: demo
+demo: $(VENV)/bin/python ## install into .venv and run the demo suite (examples/) with --memline
+	$(PY) -m pip install -q -e .
+	-$(PY) -m pytest --memline --memline-tables=all examples/
+	@echo "(one demo test fails on purpose: it is over its memory budget)"
+
+.PHONY: install-test
+install-test: $(VENV)/bin/python ## install into .venv with the test dependencies
+	$(PY) -m pip install -q -e '.[test]'
+
+.PHONY: test
+test: install-test ## install into .venv, then run the Rust unit tests and the whole pytest suite
+	PYO3_PYTHON=$(abspath $(PY)) cargo test --quiet
+	$(PY) -m pytest
+
+.PHONY: lint
+lint: install-test ## rustfmt, clippy, mypy and the stub check
+	cargo fmt --check
+	PYO3_PYTHON=$(abspath $(PY)) cargo clippy --all-targets -- -D warnings
+	$(PY) -m mypy pytest_memline
+	$(PY) -m mypy.stubtest pytest_memline._memline
+
+.PHONY: bench
+bench: ## run the benchmark (bench/run.py --quick)
+	$(PY) bench/run.py --quick
