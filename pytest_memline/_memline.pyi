@@ -1,7 +1,29 @@
 """Stub of the native module ``pytest_memline._memline`` (Rust, PyO3)."""
 
 from types import CodeType
-from typing import Any, TypedDict, final
+from typing import Any, TypedDict, final, type_check_only
+
+__all__ = [
+    "__version__",
+    "TraceHandle",
+    "FunctionTrace",
+    "TraceResult",
+    "start",
+    "stop",
+    "is_tracing",
+    "abandon",
+    "_mon_line",
+    "_mon_start",
+    "_mon_resume",
+    "_mon_return",
+    "_mon_yield",
+    "probe_reader",
+    "parse_size",
+    "parse_percent",
+    "format_size",
+    "parse_pyproject",
+    "SIZE_FORMS",
+]
 
 __version__: str
 SIZE_FORMS: str
@@ -47,6 +69,7 @@ class TraceResult:
     @property
     def functions(self) -> list[FunctionTrace]: ...
 
+@type_check_only
 class ReaderProbe(TypedDict):
     reader: str
     exact_peak: bool

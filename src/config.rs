@@ -21,7 +21,13 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Keys of one `[[tool.memline.limits]]` entry.
-pub const LIMIT_KEYS: &[&str] = &["match", "test_limit", "line_limit", "tolerance", "noise_floor"];
+pub const LIMIT_KEYS: &[&str] = &[
+    "match",
+    "test_limit",
+    "line_limit",
+    "tolerance",
+    "noise_floor",
+];
 
 pub const TABLES_CHOICES: &[&str] = &["failed", "all", "none"];
 pub const METRIC_CHOICES: &[&str] = &["rss", "heap"];
@@ -54,7 +60,9 @@ pub struct Config {
 /// Parses pyproject.toml text. `Ok(None)`: no `[tool.memline]` table.
 /// `file` names the file in error messages.
 pub fn parse_pyproject(text: &str, file: &str) -> Result<Option<Config>, String> {
-    let doc: Table = text.parse().map_err(|e: toml::de::Error| syntax_error(text, file, &e))?;
+    let doc: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| syntax_error(text, file, &e))?;
     let Some(tool) = doc.get("tool") else {
         return Ok(None);
     };
@@ -361,7 +369,10 @@ tolerance = "20%"
         let e = parse("[tool.memline]\nline_limit = -3\n").unwrap_err();
         assert!(e.contains("line_limit = -3"), "{e}");
         let e = parse("[tool.memline]\nenabled = \"yes\"\n").unwrap_err();
-        assert!(e.contains("enabled = \"yes\": expected true or false"), "{e}");
+        assert!(
+            e.contains("enabled = \"yes\": expected true or false"),
+            "{e}"
+        );
         let e = parse("[tool.memline]\ntables = \"some\"\n").unwrap_err();
         assert!(e.contains("\"failed\", \"all\", \"none\""), "{e}");
         let e = parse("[tool.memline]\ntolerance = 10\n").unwrap_err();
@@ -378,7 +389,10 @@ tolerance = "20%"
         assert!(e.contains("unknown key \"test_limt\""), "{e}");
         assert!(e.contains("test_limit"), "{e}");
         let e = parse("[[tool.memline.limits]]\nmatch = \"*\"\nlimit = 5\n").unwrap_err();
-        assert!(e.contains("[[tool.memline.limits]] #1: unknown key \"limit\""), "{e}");
+        assert!(
+            e.contains("[[tool.memline.limits]] #1: unknown key \"limit\""),
+            "{e}"
+        );
         let e = parse("[[tool.memline.limits]]\ntest_limit = 5\n").unwrap_err();
         assert!(e.contains("missing key \"match\""), "{e}");
         let e = parse("[tool]\nmemline = 3\n").unwrap_err();
@@ -389,7 +403,11 @@ tolerance = "20%"
     fn line_col_counts_characters() {
         assert_eq!(line_col("ab\ncdé\nx", 8), (3, 1));
         assert_eq!(line_col("ab\ncdé", 7), (2, 4));
-        assert_eq!(line_col("ab\ncdé", 6), (2, 3), "inside a character: its start");
+        assert_eq!(
+            line_col("ab\ncdé", 6),
+            (2, 3),
+            "inside a character: its start"
+        );
         assert_eq!(line_col("", 0), (1, 1));
     }
 }

@@ -4,9 +4,9 @@ use pyo3::prelude::*;
 
 pub mod config;
 pub mod lines;
+mod pyapi;
 pub mod rss;
 pub mod size;
-mod pyapi;
 mod tracer;
 
 #[pymodule]

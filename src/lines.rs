@@ -71,7 +71,9 @@ impl FunctionRecord {
             let s = &mut self.stats[idx];
             s.occurrences += 1;
             s.increment += rss as i64 - open.start_rss as i64;
-            s.peak = s.peak.max(open.high.max(rss) as i64 - open.start_rss as i64);
+            s.peak = s
+                .peak
+                .max(open.high.max(rss) as i64 - open.start_rss as i64);
             s.mem_usage = rss;
         }
     }
@@ -263,7 +265,11 @@ mod tests {
         r.line(f, 3, 5, 5);
         r.finish(7, 7);
         assert_eq!(stat(&r, f, 500).increment, 5);
-        assert_eq!(stat(&r, f, 10).increment, 2, "line 3 is charged to the first line");
+        assert_eq!(
+            stat(&r, f, 10).increment,
+            2,
+            "line 3 is charged to the first line"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ fn parse_size(value: &Bound<'_, PyAny>) -> PyResult<u64> {
         return size::parse_size(&s).map_err(|e| PyValueError::new_err(e.to_string()));
     }
     if value.is_instance_of::<pyo3::types::PyBool>() {
-        return Err(PyValueError::new_err(format!("{}: not a size", value.repr()?)));
+        return Err(PyValueError::new_err(format!(
+            "{}: not a size",
+            value.repr()?
+        )));
     }
     if let Ok(n) = value.extract::<i128>() {
         return u64::try_from(n).map_err(|_| {
@@ -26,7 +29,10 @@ fn parse_size(value: &Bound<'_, PyAny>) -> PyResult<u64> {
             }
         });
     }
-    Err(PyValueError::new_err(format!("{}: not a size", value.repr()?)))
+    Err(PyValueError::new_err(format!(
+        "{}: not a size",
+        value.repr()?
+    )))
 }
 
 /// A fraction from a percentage string ("10%" -> 0.1).

@@ -37,10 +37,7 @@ impl ReaderKind {
 #[allow(clippy::large_enum_variant)] // one per trace, never moved on the hot path
 enum Source {
     #[cfg(target_os = "linux")]
-    Procfs {
-        statm: File,
-        page_size: u64,
-    },
+    Procfs { statm: File, page_size: u64 },
     Portable {
         system: sysinfo::System,
         pid: sysinfo::Pid,
@@ -96,8 +93,7 @@ impl RssReader {
                     }
                 }
                 Err(why) => {
-                    reader.peak_unavailable =
-                        Some(format!("{why}; Peak falls back to Increment"));
+                    reader.peak_unavailable = Some(format!("{why}; Peak falls back to Increment"));
                 }
             }
         }
@@ -110,7 +106,11 @@ impl RssReader {
             .map_err(|e| format!("cannot open /proc/self/statm: {e}"))?;
         // SAFETY: sysconf has no preconditions.
         let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page_size = if page_size > 0 { page_size as u64 } else { 4096 };
+        let page_size = if page_size > 0 {
+            page_size as u64
+        } else {
+            4096
+        };
         Ok(Source::Procfs { statm, page_size })
     }
 
@@ -234,7 +234,10 @@ mod tests {
 
     #[test]
     fn statm_parsing() {
-        assert_eq!(parse_statm_resident(b"5000 1234 300 1 0 900 0\n"), Some(1234));
+        assert_eq!(
+            parse_statm_resident(b"5000 1234 300 1 0 900 0\n"),
+            Some(1234)
+        );
         assert_eq!(parse_statm_resident(b"5000"), None);
         assert_eq!(parse_statm_resident(b"5000 12a4 3"), None);
         assert_eq!(parse_statm_resident(b""), None);
@@ -244,7 +247,9 @@ mod tests {
     #[test]
     fn reader_kinds() {
         assert_eq!(ReaderKind::parse("auto"), Ok(ReaderKind::Auto));
-        assert!(ReaderKind::parse("psutil").unwrap_err().contains("portable"));
+        assert!(ReaderKind::parse("psutil")
+            .unwrap_err()
+            .contains("portable"));
     }
 
     #[test]

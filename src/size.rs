@@ -148,8 +148,20 @@ mod tests {
     #[test]
     fn bad_sizes() {
         for bad in [
-            "", "sixty", "MiB", "60 MiBs", "60 M", "1.5", "1.5B", "--5", "1e3MiB", "nan MiB",
-            "inf", "5_000", "1..2MiB", "99999999999999999999 TiB",
+            "",
+            "sixty",
+            "MiB",
+            "60 MiBs",
+            "60 M",
+            "1.5",
+            "1.5B",
+            "--5",
+            "1e3MiB",
+            "nan MiB",
+            "inf",
+            "5_000",
+            "1..2MiB",
+            "99999999999999999999 TiB",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} parsed");
         }
@@ -188,7 +200,10 @@ mod tests {
             let text = format_size(b);
             let parsed = parse_size(&text).unwrap() as i64;
             // one decimal: within 5% (plus rounding of whole bytes)
-            assert!((parsed - b).abs() <= b / 20 + 1, "{b} -> {text} -> {parsed}");
+            assert!(
+                (parsed - b).abs() <= b / 20 + 1,
+                "{b} -> {text} -> {parsed}"
+            );
         }
     }
 }

@@ -110,7 +110,8 @@ impl Session {
     #[inline]
     fn sample(&mut self) -> Option<(u64, u64)> {
         let Some(rss) = self.reader.current() else {
-            self.error.get_or_insert("reading RSS failed during the trace");
+            self.error
+                .get_or_insert("reading RSS failed during the trace");
             return None;
         };
         let high = if self.exact_peak {
@@ -140,7 +141,11 @@ impl Session {
 
     /// The traced function `func` (keyed by frame or code) starts or resumes.
     fn enter(&mut self, func: usize, key: usize, fresh: bool) {
-        if let Some(pos) = self.suspended.iter().rposition(|a| a.key == key && a.func == func) {
+        if let Some(pos) = self
+            .suspended
+            .iter()
+            .rposition(|a| a.key == key && a.func == func)
+        {
             let act = self.suspended.remove(pos);
             if !fresh {
                 self.stack.push(act);
@@ -192,7 +197,10 @@ unsafe extern "C" fn trace_callback(
 ) -> c_int {
     let Some(s) = session() else { return 0 };
     if let Some(prev) = s.prev_func {
-        let prev_obj = s.prev_obj.as_ref().map_or(std::ptr::null_mut(), |o| o.as_ptr());
+        let prev_obj = s
+            .prev_obj
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |o| o.as_ptr());
         // The previous tracer may run Python code: no borrow of the state is held across it.
         let rc = prev(prev_obj, frame, what, arg);
         if rc != 0 {
@@ -232,7 +240,8 @@ unsafe extern "C" fn trace_callback(
     }));
     if result.is_err() {
         if let Some(s) = session() {
-            s.error.get_or_insert("internal error (panic) in the trace callback");
+            s.error
+                .get_or_insert("internal error (panic) in the trace callback");
         }
     }
     0
@@ -287,7 +296,8 @@ fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
                 s.prev_obj = (!previous.is_none()).then(|| previous.clone().unbind());
             }
             _ => {
-                s.chain_note = Some(format!(
+                s.chain_note =
+                    Some(format!(
                     "a trace function was active before memline ({}) and could not be chained; \
                      it is paused while each test is traced",
                     previous.repr().map_or_else(|_| "?".into(), |r| r.to_string())
@@ -302,7 +312,10 @@ fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
 /// Removes our trace function if it is still installed, restoring the previous one.
 /// Returns whether someone else replaced ours meanwhile.
 fn uninstall_settrace(py: Python<'_>, s: &mut Session) -> bool {
-    let handle_ptr = s.handle.as_ref().map_or(std::ptr::null_mut(), |h| h.as_ptr());
+    let handle_ptr = s
+        .handle
+        .as_ref()
+        .map_or(std::ptr::null_mut(), |h| h.as_ptr());
     let current = py
         .import("sys")
         .and_then(|sys| sys.getattr("gettrace")?.call0())
@@ -310,7 +323,10 @@ fn uninstall_settrace(py: Python<'_>, s: &mut Session) -> bool {
         .unwrap_or(std::ptr::null_mut());
     let ours = current == handle_ptr;
     if ours || current == py.None().as_ptr() {
-        let prev_obj = s.prev_obj.as_ref().map_or(std::ptr::null_mut(), |o| o.as_ptr());
+        let prev_obj = s
+            .prev_obj
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |o| o.as_ptr());
         // SAFETY: GIL held; prev_obj is kept alive by `s.prev_obj` (PyEval_SetTrace increfs it).
         unsafe { ffi::PyEval_SetTrace(s.prev_func, prev_obj) };
     }
@@ -345,7 +361,8 @@ fn guarded(f: impl FnOnce()) {
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
         // SAFETY: GIL held (we are called from Python).
         if let Some(s) = unsafe { session() } {
-            s.error.get_or_insert("internal error (panic) in a monitoring callback");
+            s.error
+                .get_or_insert("internal error (panic) in a monitoring callback");
         }
     }
 }
@@ -488,7 +505,12 @@ fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
 // The Python-facing API
 
 /// The lines of one traced function.
-#[pyclass(module = "pytest_memline._memline", name = "FunctionTrace", frozen, get_all)]
+#[pyclass(
+    module = "pytest_memline._memline",
+    name = "FunctionTrace",
+    frozen,
+    get_all
+)]
 pub struct FunctionTrace {
     /// The traced code object.
     code: Py<PyAny>,
@@ -497,7 +519,12 @@ pub struct FunctionTrace {
 }
 
 /// What one trace measured. Sizes are bytes.
-#[pyclass(module = "pytest_memline._memline", name = "TraceResult", frozen, get_all)]
+#[pyclass(
+    module = "pytest_memline._memline",
+    name = "TraceResult",
+    frozen,
+    get_all
+)]
 pub struct TraceResult {
     start_rss: u64,
     end_rss: u64,
@@ -638,7 +665,9 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
             None
         }
     };
-    let (rss, high) = s.sample().unwrap_or((s.recorder.last_rss, s.recorder.last_rss));
+    let (rss, high) = s
+        .sample()
+        .unwrap_or((s.recorder.last_rss, s.recorder.last_rss));
     s.recorder.finish(rss, high);
     let mut functions = Vec::with_capacity(s.recorder.functions.len());
     for (record, code) in s.recorder.functions.iter().zip(&s.codes) {
