@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import linecache
+import os
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class MemoryTable:
         """
         out: list[str] = []
         if header:
-            out.append(f"{self.title}  ({self.function} in {self.filename})")
+            out.append(f"{self.title}  ({self.function} in {_display_path(self.filename)})")
             summary = (
                 f"{self.metric_label()}: start {mib(self.start_rss)}, "
                 f"peak growth {signed_mib(self.peak_growth)}, "
@@ -186,6 +187,17 @@ class MemoryTable:
             metric=str(d.get("metric", "rss")),
             notes=tuple(str(n) for n in d.get("notes", ())),
         )
+
+
+def _display_path(filename: str) -> str:
+    """A path relative to the working directory when it is below it."""
+    if not os.path.isabs(filename):
+        return filename
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
 
 
 def _last_line(code: types.CodeType) -> int:
