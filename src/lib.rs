@@ -2,7 +2,9 @@
 
 use pyo3::prelude::*;
 
+pub mod baseline;
 pub mod config;
+pub mod diff;
 pub mod lines;
 mod pyapi;
 pub mod rss;
