@@ -60,13 +60,3 @@ def check(table: MemoryTable, limits: TestLimits) -> list[Violation]:
         line_found.sort(key=lambda v: v.excess, reverse=True)
         found.extend(line_found)
     return found
-
-
-def failure_text(table: MemoryTable, violations: list[Violation]) -> str:
-    """One line (what, how much, which limit, where from), the rest, then the marked table."""
-    first = violations[0].message(table)
-    if len(violations) > 1:
-        first += f" (and {len(violations) - 1} more over budget)"
-    rest = [v.message(table) for v in violations[1:]]
-    marked = table.with_marks(v.lineno for v in violations if v.lineno is not None)
-    return "\n".join([first, *rest, "", marked.render()])

@@ -1,7 +1,7 @@
 """Stub of the native module ``pytest_memline._memline`` (Rust, PyO3)."""
 
 from types import CodeType
-from typing import Any, TypedDict, final, type_check_only
+from typing import Any, Literal, TypedDict, final, type_check_only
 
 __all__ = [
     "__version__",
@@ -23,10 +23,17 @@ __all__ = [
     "format_size",
     "parse_pyproject",
     "SIZE_FORMS",
+    "Baseline",
+    "save_baseline",
+    "render_row",
+    "BASELINE_FORMAT",
+    "BASELINE_VERSION",
 ]
 
 __version__: str
 SIZE_FORMS: str
+BASELINE_FORMAT: str
+BASELINE_VERSION: int
 
 @final
 class TraceHandle:
@@ -91,3 +98,58 @@ def _mon_start(code: CodeType, _offset: int) -> None: ...
 def _mon_resume(code: CodeType, _offset: int) -> None: ...
 def _mon_return(code: CodeType, _offset: int, _value: object) -> None: ...
 def _mon_yield(code: CodeType, _offset: int, _value: object) -> None: ...
+
+@type_check_only
+class Change(TypedDict):
+    line: int | None
+    old_line: int | None
+    contents: str
+    what: str
+    old: int
+    new: int
+
+@type_check_only
+class ComparisonDict(TypedDict):
+    status: Literal["regressed", "improved", "unchanged"]
+    old_peak_growth: int
+    changes: list[Change]
+    diff: list[tuple[str, str, bool]]
+
+@type_check_only
+class SaveReport(TypedDict):
+    written: int
+    kept: int
+    backup: str | None
+    backup_reason: str | None
+
+@final
+class Baseline:
+    @staticmethod
+    def load(path: str) -> Baseline: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def python(self) -> str: ...
+    @property
+    def platform(self) -> str: ...
+    def test_ids(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: str, /) -> bool: ...
+    def entry_json(self, nodeid: str) -> str | None: ...
+    def compare(
+        self, nodeid: str, current: str, *, tolerance: float, noise_floor: int, context: int = 3
+    ) -> ComparisonDict | None: ...
+
+def save_baseline(
+    path: str, metric: str, python: str, platform: str, entries: str
+) -> SaveReport: ...
+def render_row(
+    line: int,
+    contents: str,
+    increment: int | None,
+    peak: int | None,
+    occurrences: int,
+    mem_usage: int | None,
+) -> str: ...

@@ -18,15 +18,20 @@ import pytest
 
 MARKER = "mem_limit"
 MARKER_DOC = (
-    "mem_limit(test=None, *, line=None): pytest-memline budgets. The test fails when its peak "
-    "RSS growth exceeds `test`, or when any line's increment or peak exceeds `line`. Sizes like "
-    "'60MiB', '1.5 GiB', '512KiB' or an int of bytes."
+    "mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None): pytest-memline "
+    "budgets. The test fails when its peak RSS growth exceeds `test`, or when any line's "
+    "increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an int of "
+    "bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set how much "
+    "growth over the baseline this test may show."
 )
-MARKER_KEYWORDS = ("test", "line")
+MARKER_KEYWORDS = ("test", "line", "tolerance", "noise_floor")
 
 TABLES_CHOICES = ("failed", "all", "none")
 DEFAULT_TABLES = "failed"
 DEFAULT_TOP = 10
+DEFAULT_BASELINE = ".memline/baseline.json"
+DEFAULT_TOLERANCE = 0.10
+DEFAULT_NOISE_FLOOR = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,20 +43,47 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """A relative tolerance (0.1 for 10%), and where it was set."""
+
+    value: float
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%"
+
+
+@dataclass(frozen=True)
 class Rule:
     """One ``[[tool.memline.limits]]`` entry."""
 
     pattern: str
-    test_limit: Limit | None
-    line_limit: Limit | None
+    test_limit: Limit | None = None
+    line_limit: Limit | None = None
+    tolerance: Tolerance | None = None
+    noise_floor: Limit | None = None
 
 
 @dataclass(frozen=True)
 class TestLimits:
+    """The budgets and regression thresholds of one test."""
+
     test: Limit | None = None
     line: Limit | None = None
+    tolerance: Tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
+    noise_floor: Limit = Limit(DEFAULT_NOISE_FLOOR, "default")
 
     __test__ = False  # not a test class, whatever its name
+
+
+@dataclass(frozen=True)
+class MarkerLimits:
+    """What a ``mem_limit`` marker sets (None: not set)."""
+
+    test: Limit | None = None
+    line: Limit | None = None
+    tolerance: Tolerance | None = None
+    noise_floor: Limit | None = None
 
 
 @dataclass(frozen=True)
@@ -68,22 +100,32 @@ class Settings:
     test_limit: Limit | None = None
     line_limit: Limit | None = None
     rules: tuple[Rule, ...] = ()
+    tolerance: Tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
+    noise_floor: Limit = Limit(DEFAULT_NOISE_FLOOR, "default")
+    save: str | None = None
+    compare: str | None = None
+    json_report: str | None = None
+    markdown_report: str | None = None
 
-    def limits_for(self, nodeid: str, marker: TestLimits | None) -> TestLimits:
-        test, line = self.test_limit, self.line_limit
-        for rule in self.rules:
-            if fnmatch.fnmatchcase(nodeid, rule.pattern):
-                test = rule.test_limit or test
-                line = rule.line_limit or line
-                break
-        if marker is not None:
-            test = marker.test or test
-            line = marker.line or line
-        return TestLimits(test=test, line=line)
+    def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
+        """Value by value: the marker, then the first matching rule, then the run's defaults."""
+        rule = next((r for r in self.rules if fnmatch.fnmatchcase(nodeid, r.pattern)), Rule(""))
+        m = marker or MarkerLimits()
+        return TestLimits(
+            test=m.test or rule.test_limit or self.test_limit,
+            line=m.line or rule.line_limit or self.line_limit,
+            tolerance=m.tolerance or rule.tolerance or self.tolerance,
+            noise_floor=m.noise_floor or rule.noise_floor or self.noise_floor,
+        )
 
 
 class MarkerError(Exception):
     """A ``mem_limit`` marker with bad arguments."""
+
+
+def display(path: str | Path) -> str:
+    """A path as the user would write it: relative to the working directory when below it."""
+    return _display(Path(path))
 
 
 def _display(path: Path) -> str:
@@ -128,8 +170,18 @@ def enabled_from(option: bool | None, config: Mapping[str, Any] | None) -> bool:
     return bool(config and config.get("enabled"))
 
 
-def resolve(options: Any, config: Mapping[str, Any] | None, config_file: str | None) -> Settings:
-    """Builds the settings. ``options`` is pytest's ``config.option`` namespace."""
+def resolve(
+    options: Any,
+    config: Mapping[str, Any] | None,
+    config_file: str | None,
+    rootpath: Path | None = None,
+    invocation_dir: Path | None = None,
+) -> Settings:
+    """Builds the settings. ``options`` is pytest's ``config.option`` namespace. Paths given on
+    the command line are relative to ``invocation_dir``; those from the config file or the
+    defaults to ``rootpath``. The settings hold absolute paths."""
+    root = rootpath or Path.cwd()
+    here = invocation_dir or Path.cwd()
     cfg = config or {}
     where = f"{config_file} [tool.memline]"
 
@@ -153,8 +205,33 @@ def resolve(options: Any, config: Mapping[str, Any] | None, config_file: str | N
                 pattern=r["match"],
                 test_limit=None if r.get("test_limit") is None else Limit(r["test_limit"], source),
                 line_limit=None if r.get("line_limit") is None else Limit(r["line_limit"], source),
+                tolerance=None if r.get("tolerance") is None else Tolerance(r["tolerance"], source),
+                noise_floor=(
+                    None if r.get("noise_floor") is None else Limit(r["noise_floor"], source)
+                ),
             )
         )
+    tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
+    if getattr(options, "memline_tolerance", None) is not None:
+        tolerance = Tolerance(options.memline_tolerance, "--memline-tolerance")
+    elif cfg.get("tolerance") is not None:
+        tolerance = Tolerance(cfg["tolerance"], f"{where} tolerance")
+    noise_floor = Limit(DEFAULT_NOISE_FLOOR, "default")
+    if getattr(options, "memline_noise_floor", None) is not None:
+        noise_floor = Limit(options.memline_noise_floor, "--memline-noise-floor")
+    elif cfg.get("noise_floor") is not None:
+        noise_floor = Limit(cfg["noise_floor"], f"{where} noise_floor")
+    default_baseline = cfg.get("baseline") or DEFAULT_BASELINE
+
+    def baseline_path(option_name: str) -> str | None:
+        value = getattr(options, option_name, None)
+        if value is None:
+            return None
+        return str(here / value) if value else str(root / default_baseline)
+
+    def report_path(option_name: str) -> str | None:
+        value = getattr(options, option_name, None)
+        return None if value is None else str(here / value)
     peak_option = getattr(options, "memline_peak", None)
     peak = (peak_option == "on") if peak_option is not None else cfg.get("peak", True) is not False
     return Settings(
@@ -168,47 +245,69 @@ def resolve(options: Any, config: Mapping[str, Any] | None, config_file: str | N
         test_limit=limit("test_limit"),
         line_limit=limit("line_limit"),
         rules=tuple(rules),
+        tolerance=tolerance,
+        noise_floor=noise_floor,
+        save=baseline_path("memline_save"),
+        compare=baseline_path("memline_compare"),
+        json_report=report_path("memline_json"),
+        markdown_report=report_path("memline_markdown"),
     )
 
 
-def parse_marker(mark: pytest.Mark | None, nodeid: str) -> TestLimits | None:
-    """The limits a ``mem_limit`` marker sets, or ``MarkerError`` naming the bad value."""
+def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
+    """What a ``mem_limit`` marker sets, or ``MarkerError`` naming the bad value."""
     if mark is None:
         return None
     from pytest_memline import _memline
 
+    name = f"@pytest.mark.{MARKER}"
     if len(mark.args) > 1:
         raise MarkerError(
-            f"{nodeid}: @pytest.mark.{MARKER} takes at most one positional argument (the test "
-            f"limit), got {len(mark.args)}: {mark.args!r}"
+            f"{nodeid}: {name} takes at most one positional argument (the test limit), got "
+            f"{len(mark.args)}: {mark.args!r}"
         )
     unknown = sorted(set(mark.kwargs) - set(MARKER_KEYWORDS))
     if unknown:
         raise MarkerError(
-            f"{nodeid}: @pytest.mark.{MARKER} got unknown keyword {unknown[0]!r}; "
-            f"accepted: test, line"
+            f"{nodeid}: {name} got unknown keyword {unknown[0]!r}; accepted: "
+            f"{', '.join(MARKER_KEYWORDS)}"
         )
     if mark.args and "test" in mark.kwargs:
-        raise MarkerError(f"{nodeid}: @pytest.mark.{MARKER} got the test limit twice")
-    values = {"test": mark.args[0] if mark.args else mark.kwargs.get("test"), "line": mark.kwargs.get("line")}
-    if values["test"] is None and values["line"] is None:
+        raise MarkerError(f"{nodeid}: {name} got the test limit twice")
+    values = dict(mark.kwargs)
+    if mark.args:
+        values["test"] = mark.args[0]
+    if all(values.get(k) is None for k in MARKER_KEYWORDS):
         raise MarkerError(
-            f"{nodeid}: @pytest.mark.{MARKER} sets no limit; use e.g. mem_limit(\"60MiB\") or "
+            f"{nodeid}: {name} sets no limit; use e.g. mem_limit(\"60MiB\") or "
             f"mem_limit(line=\"5MiB\")"
         )
-    limits: dict[str, Limit | None] = {}
-    for key, raw in values.items():
+    sizes: dict[str, Limit | None] = {}
+    for key in ("test", "line", "noise_floor"):
+        raw = values.get(key)
         if raw is None:
-            limits[key] = None
+            sizes[key] = None
             continue
         try:
             if isinstance(raw, bool) or not isinstance(raw, (str, int)):
                 raise ValueError(f"{raw!r}: not a size")
-            value = _memline.parse_size(raw)
+            sizes[key] = Limit(_memline.parse_size(raw), name)
         except (ValueError, OverflowError) as exc:
             raise MarkerError(
-                f"{nodeid}: @pytest.mark.{MARKER}({key}={raw!r}): {exc}; expected "
-                f"{_memline.SIZE_FORMS}"
+                f"{nodeid}: {name}({key}={raw!r}): {exc}; expected {_memline.SIZE_FORMS}"
             ) from None
-        limits[key] = Limit(value, f"@pytest.mark.{MARKER}")
-    return TestLimits(test=limits["test"], line=limits["line"])
+    tolerance = None
+    raw = values.get("tolerance")
+    if raw is not None:
+        try:
+            if not isinstance(raw, str):
+                raise ValueError(f"{raw!r}: not a percentage")
+            tolerance = Tolerance(_memline.parse_percent(raw), name)
+        except ValueError as exc:
+            raise MarkerError(
+                f"{nodeid}: {name}(tolerance={raw!r}): {exc}; expected a percentage such as "
+                f"'10%'"
+            ) from None
+    return MarkerLimits(
+        test=sizes["test"], line=sizes["line"], tolerance=tolerance, noise_floor=sizes["noise_floor"]
+    )

@@ -3,6 +3,10 @@
 Module-level hooks only add options and markers and decide whether the plugin is on; all the
 work is done by one ``MemlinePlugin`` object registered in ``pytest_configure`` when it is. With
 the plugin off, no native code is imported and no hook of the manager runs.
+
+Under pytest-xdist every worker traces its own tests and checks their budgets and baselines;
+the measured tables travel to the controller on the test reports (``report.memline``), and the
+controller alone prints the summary and writes baselines and reports.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from pytest_memline._settings import MARKER, MARKER_DOC, TABLES_CHOICES, Setting
 
 PLUGIN_NAME = "memline-manager"
 
-#: Per-item state: the limits resolved at setup, and the measured table.
+#: Per-item state: the limits resolved at setup, and what was measured and found.
 LIMITS_KEY = pytest.StashKey[TestLimits]()
 OUTCOME_KEY = pytest.StashKey["TestOutcome"]()
+
+SECTION_TABLE = "memline: memory table"
+SECTION_DIFF = "memline: diff against the baseline"
 
 
 def _non_negative_int(text: str) -> int:
@@ -35,6 +42,40 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative; expected 0 or more")
     return value
+
+
+def _size(text: str) -> int:
+    from pytest_memline import _memline
+
+    try:
+        return _memline.parse_size(text)
+    except (ValueError, OverflowError) as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; expected {_memline.SIZE_FORMS}") from None
+
+
+def _percent(text: str) -> float:
+    from pytest_memline import _memline
+
+    try:
+        return _memline.parse_percent(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; expected a percentage such as '10%'") from None
+
+
+def _baseline_path(text: str) -> str:
+    """A baseline path; refuses what looks like a test path swallowed by `--memline-save tests/`."""
+    if text.endswith(".py") or "::" in text or (text and _is_dir(text)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} looks like a test path, not a baseline file; write "
+            f"--memline-save=PATH (with '='), or put the option after the test paths"
+        )
+    return text
+
+
+def _is_dir(text: str) -> bool:
+    import os
+
+    return os.path.isdir(text)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,6 +126,51 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="how RSS is read: auto (procfs on Linux), procfs, or portable (sysinfo).",
     )
+    group.addoption(
+        "--memline-save",
+        nargs="?",
+        const="",
+        default=None,
+        type=_baseline_path,
+        metavar="PATH",
+        help="record every passing test's memory table in a baseline file (default "
+        "[tool.memline] baseline, else .memline/baseline.json); other tests' entries are kept.",
+    )
+    group.addoption(
+        "--memline-compare",
+        nargs="?",
+        const="",
+        default=None,
+        type=_baseline_path,
+        metavar="PATH",
+        help="compare every test with its baseline entry and fail the tests that regressed.",
+    )
+    group.addoption(
+        "--memline-tolerance",
+        type=_percent,
+        default=None,
+        metavar="PERCENT",
+        help="growth over the baseline that is tolerated, relative (default 10%%).",
+    )
+    group.addoption(
+        "--memline-noise-floor",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="growth over the baseline below this never counts (default 1MiB).",
+    )
+    group.addoption(
+        "--memline-json",
+        default=None,
+        metavar="PATH",
+        help="write every test's table and comparison to a JSON file.",
+    )
+    group.addoption(
+        "--memline-markdown",
+        default=None,
+        metavar="PATH",
+        help="write a Markdown summary (for a pull-request comment or $GITHUB_STEP_SUMMARY).",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,19 +182,21 @@ def pytest_configure(config: pytest.Config) -> None:
     table, display = _settings.read_config(path) if option or path else (None, None)
     if not _settings.enabled_from(option, table):
         return
-    settings = _settings.resolve(config.option, table, display)
+    settings = _settings.resolve(
+        config.option, table, display, config.rootpath, config.invocation_params.dir
+    )
     config.pluginmanager.register(MemlinePlugin(config, settings), PLUGIN_NAME)
 
 
-def _test_function(item: pytest.Function) -> tuple[Any, types.CodeType | None, str | None]:
-    """The function whose body is the test, unwrapped from decorators, and its code."""
+def _test_function(item: pytest.Item) -> tuple[types.CodeType | None, str | None]:
+    """The code of the function whose body is the test, unwrapped from decorators."""
     obj = getattr(item, "obj", None)
     func = inspect.unwrap(getattr(obj, "__func__", obj)) if obj is not None else None
     func = getattr(func, "__func__", func)
     code = getattr(func, "__code__", None)
     if isinstance(code, types.CodeType):
-        return func, code, None
-    return func, None, f"no per-line view: the test object {obj!r} has no Python code"
+        return code, None
+    return None, f"no per-line view: the test object {obj!r} has no Python code"
 
 
 @dataclass
@@ -117,28 +205,51 @@ class TestOutcome:
 
     table: Any  # MemoryTable
     limits: TestLimits
-    violations: list[Any]
+    violations: list[Any]  # _budget.Violation
+    comparison: Any  # _gate.Comparison | None
 
     __test__ = False
 
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations) or bool(self.comparison and self.comparison.regressed)
+
+    def message(self) -> str:
+        from pytest_memline._gate import change_message, group_changes
+
+        lines = [v.message(self.table) for v in self.violations]
+        if self.comparison is not None and self.comparison.regressed:
+            groups = group_changes(self.comparison.changes)
+            # the lines first: they answer "which line?"; the test's own growth last
+            groups.sort(key=lambda g: g["line"] is None)
+            lines += [change_message(g, self.limits) for g in groups]
+        if len(lines) > 1:
+            lines[0] += f" (and {len(lines) - 1} more)"
+        return "\n".join(lines)
+
 
 class MemlinePlugin:
-    """The manager: traces tests, checks budgets, reports."""
+    """The manager: traces tests, checks budgets and baselines, reports."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         from pytest_memline import _memline
+        from pytest_memline._gate import Gate
 
         self.config = config
         self.settings = settings
         self.native = _memline
         self.is_worker = hasattr(config, "workerinput")
-        # session-wide results, kept small: the top lines, and tables only when shown
+        self.probe = _memline.probe_reader(settings.reader, settings.peak)
+        self.gate = Gate(settings, config.rootpath)
+        self.gate.load()
+        # session-wide results, kept small: the top lines, tables only when shown
         self.top: list[tuple[int, int, str, int, str]] = []
         self.tables: list[str] = []
         self.counter = 0
         self.traced = 0
-        self.over_budget = 0
-        self.probe = _memline.probe_reader(settings.reader, settings.peak)
+        self.over_budget: list[tuple[str, str]] = []
+        self.collected: set[str] = set()
+        self.json_tests: dict[str, Any] = {}
 
     # -- header ------------------------------------------------------------------------------
 
@@ -149,7 +260,7 @@ class MemlinePlugin:
         if backend == "auto":
             backend = "monitoring" if _python_at_least(3, 12) else "settrace"
         peak = "exact in-line peak" if probe["exact_peak"] else f"no exact peak: {probe['note']}"
-        parts = [f"memline: on (backend {backend}, RSS via {probe['reader']}, {peak})"]
+        lines = [f"memline: on (backend {backend}, RSS via {probe['reader']}, {peak})"]
         limits = []
         if s.test_limit:
             limits.append(f"test {self.native.format_size(s.test_limit.value)}")
@@ -157,12 +268,29 @@ class MemlinePlugin:
             limits.append(f"line {self.native.format_size(s.line_limit.value)}")
         if s.rules:
             limits.append(f"{len(s.rules)} [[tool.memline.limits]] rules")
-        where = f" from {s.config_file}" if s.config_file and (limits or s.rules) else ""
-        parts.append(
+        where = f" from {s.config_file}" if s.config_file and limits else ""
+        lines.append(
             f"memline: tables={s.tables}, top={s.top}; default limits: "
             f"{', '.join(limits) if limits else 'none'}{where}"
         )
-        return parts
+        if s.compare is not None:
+            lines.append(
+                f"memline: comparing with {_settings.display(s.compare)} (tolerance "
+                f"{s.tolerance} from {s.tolerance.source}, noise floor "
+                f"{self.native.format_size(s.noise_floor.value)} from {s.noise_floor.source})"
+            )
+        if s.save is not None:
+            lines.append(f"memline: saving passing tests to {_settings.display(s.save)}")
+        lines.extend(self.gate.notes)
+        return lines
+
+    # -- collection (for "gone" baseline entries) --------------------------------------------
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.collected.update(item.nodeid for item in items)
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.collected.update(item.nodeid for item in items)
 
     # -- per test ----------------------------------------------------------------------------
 
@@ -176,43 +304,53 @@ class MemlinePlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
-        from pytest_memline.table import build_table
-
-        func, code, why = _test_function(pyfuncitem)
+        code, why = _test_function(pyfuncitem)
         s = self.settings
-        self.native.start([code] if code is not None else [], peak=s.peak, reader=s.reader, backend=s.backend)
+        self.native.start(
+            [code] if code is not None else [], peak=s.peak, reader=s.reader, backend=s.backend
+        )
         try:
             result = yield
         finally:
             trace = self.native.stop()
-            notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
-            lines = trace.functions[0].lines if trace.functions else []
-            table = build_table(
-                title=pyfuncitem.nodeid,
-                code=code,
-                lines=lines,
-                start_rss=trace.start_rss,
-                end_rss=trace.end_rss,
-                peak_growth=trace.peak_growth,
-                exact_peak=trace.exact_peak,
-                notes=notes,
-                no_code_reason=why,
-            )
-            limits = pyfuncitem.stash.get(LIMITS_KEY, TestLimits())
-            from pytest_memline._budget import check
-
-            outcome = TestOutcome(table, limits, check(table, limits))
+            outcome = self._evaluate(pyfuncitem, code, why, trace)
             pyfuncitem.stash[OUTCOME_KEY] = outcome
-        if outcome.violations:
-            from pytest_memline._budget import failure_text
-
-            pytest.fail(failure_text(outcome.table, outcome.violations), pytrace=False)
+        if outcome.failed:
+            pytest.fail(outcome.message(), pytrace=False)
         return result
+
+    def _evaluate(
+        self, item: pytest.Item, code: types.CodeType | None, why: str | None, trace: Any
+    ) -> TestOutcome:
+        from pytest_memline._budget import check
+        from pytest_memline.table import build_table
+
+        notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
+        table = build_table(
+            title=item.nodeid,
+            code=code,
+            lines=trace.functions[0].lines if trace.functions else [],
+            start_rss=trace.start_rss,
+            end_rss=trace.end_rss,
+            peak_growth=trace.peak_growth,
+            exact_peak=trace.exact_peak,
+            notes=notes,
+            no_code_reason=why,
+        )
+        limits = item.stash.get(LIMITS_KEY, TestLimits())
+        violations = check(table, limits)
+        comparison = self.gate.compare(item.nodeid, table, limits)
+        marks = {v.lineno for v in violations if v.lineno is not None}
+        if comparison is not None and comparison.regressed:
+            marks |= {c["line"] for c in comparison.changes if c["line"] is not None}
+        return TestOutcome(table.with_marks(marks), limits, violations, comparison)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        from pytest_memline._gate import render_diff
+
         report = yield
         if call.when != "call":
             return report
@@ -221,12 +359,17 @@ class MemlinePlugin:
             return report
         table = outcome.table
         report.user_properties.append(("memline_peak_growth", table.peak_growth))
-        # The failure text already holds the table when the budget failed the test.
-        if report.failed and not outcome.violations and self.settings.tables != "none":
-            report.sections.append(("memline", table.render()))
+        if report.failed:
+            comparison = outcome.comparison
+            if comparison is not None and comparison.diff and outcome.failed:
+                report.sections.append((SECTION_DIFF, render_diff(comparison)))
+            if self.settings.tables != "none":
+                report.sections.append((SECTION_TABLE, table.render()))
         report.memline = {  # type: ignore[attr-defined]
             "table": table.to_dict(),
-            "over_budget": bool(outcome.violations),
+            "marked": sorted(table.marked),
+            "violations": [v.message(table) for v in outcome.violations],
+            "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
         }
         return report
 
@@ -234,48 +377,135 @@ class MemlinePlugin:
         data = getattr(report, "memline", None)
         if data is None or report.when != "call" or self.is_worker:
             return
+        from pytest_memline._gate import Comparison, render_diff
         from pytest_memline.table import MemoryTable
 
         self.traced += 1
-        if data.get("over_budget"):
-            self.over_budget += 1
-        table = MemoryTable.from_dict(data["table"])
-        if self.settings.top > 0:
-            for row in table.lines:
-                assert row.increment is not None
-                if row.increment <= 0:
-                    continue
-                self.counter += 1
-                entry = (row.increment, self.counter, report.nodeid, row.lineno, row.contents.strip())
-                if len(self.top) < self.settings.top:
-                    heapq.heappush(self.top, entry)
-                elif entry > self.top[0]:
-                    heapq.heapreplace(self.top, entry)
+        table = MemoryTable.from_dict(data["table"]).with_marks(data.get("marked", ()))
+        comparison = Comparison.from_dict(data["comparison"]) if data.get("comparison") else None
+        if data["violations"]:
+            self.over_budget.append((report.nodeid, data["violations"][0]))
+        self.gate.record(report.nodeid, table, report.passed, comparison)
+        self._colour_diff(report, comparison, render_diff)
+        self._remember_top(report.nodeid, table)
         if self.settings.tables == "all":
             self.tables.append(table.render())
+        if self.settings.json_report is not None:
+            self.json_tests[report.nodeid] = {
+                "outcome": report.outcome,
+                "peak_growth": table.peak_growth,
+                "violations": data["violations"],
+                "table": data["table"],
+                "comparison": data.get("comparison"),
+            }
+
+    def _colour_diff(self, report: pytest.TestReport, comparison: Any, render_diff: Any) -> None:
+        """Colours the diff section on a terminal that supports it (never in files)."""
+        tw = self.config.get_terminal_writer()
+        if comparison is None or not tw.hasmarkup:
+            return
+        for i, (name, _) in enumerate(report.sections):
+            if name == SECTION_DIFF:
+                report.sections[i] = (name, render_diff(comparison, tw.markup))
+
+    def _remember_top(self, nodeid: str, table: Any) -> None:
+        if self.settings.top <= 0:
+            return
+        for row in table.lines:
+            if row.increment is None or row.increment <= 0:
+                continue
+            self.counter += 1
+            entry = (row.increment, self.counter, nodeid, row.lineno, row.contents.strip())
+            if len(self.top) < self.settings.top:
+                heapq.heappush(self.top, entry)
+            elif entry > self.top[0]:
+                heapq.heapreplace(self.top, entry)
 
     # -- end of run --------------------------------------------------------------------------
 
+    def _summary(self) -> dict[str, Any]:
+        gone = self.gate.gone(self.collected)
+        return {
+            "traced": self.traced,
+            "over_budget": len(self.over_budget),
+            **self.gate.counts,
+            "gone": gone,
+        }
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        from pytest_memline import _report
+        from pytest_memline._gate import platform_tag, python_version
+
+        self.saved_lines = self.gate.save()
+        summary = self._summary()
+        self.final_summary = summary
+        s = self.settings
+        if s.json_report is not None:
+            _report.write_atomic(
+                s.json_report,
+                _report.json_report(
+                    python=python_version(),
+                    platform=platform_tag(),
+                    baseline=s.compare,
+                    summary=summary,
+                    tests=self.json_tests,
+                ),
+            )
+        if s.markdown_report is not None:
+            top = [(inc, nodeid, ln, c) for inc, _, nodeid, ln, c in sorted(self.top, reverse=True)]
+            _report.write_atomic(
+                s.markdown_report,
+                _report.markdown_report(
+                    summary=summary,
+                    changes=self.gate.biggest(10),
+                    top_lines=top,
+                    over_budget=self.over_budget,
+                    baseline=_settings.display(s.compare) if s.compare else None,
+                ),
+            )
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from pytest_memline.table import mib
+        from pytest_memline._gate import describe_group
+        from pytest_memline.table import mib, signed_mib
 
         tr = terminalreporter
+        s = self.settings
         if self.tables:
             tr.write_sep("=", "memline: memory tables")
             for text in self.tables:
                 tr.write_line(text)
                 tr.write_line("")
-        if self.settings.top > 0 and self.top:
+        if s.top > 0 and self.top:
             tr.write_sep("=", f"memline: top {len(self.top)} lines by increment")
             for inc, _, nodeid, lineno, contents in sorted(self.top, reverse=True):
                 tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {contents[:80]}")
+        summary = getattr(self, "final_summary", None) or self._summary()
+        if s.compare is not None:
+            tr.write_sep("=", f"memline: against {_settings.display(s.compare)}")
+            counts = ", ".join(f"{summary[k]} {k}" for k in ("regressed", "improved", "unchanged", "new"))
+            tr.write_line(f"{counts}, {len(summary['gone'])} gone")
+            for delta, nodeid, group in self.gate.biggest():
+                tr.write_line(f"  {signed_mib(delta):>12}  {nodeid}  {describe_group(group)}")
+            for nodeid in self.gate.new_tests[:10]:
+                tr.write_line(f"  new: {nodeid}")
+            if len(self.gate.new_tests) > 10:
+                tr.write_line(f"  ... and {len(self.gate.new_tests) - 10} more new")
+            for nodeid in summary["gone"]:
+                tr.write_line(f"  gone: {nodeid}")
+        for line in getattr(self, "saved_lines", []):
+            tr.write_line(line)
         if self.traced:
-            tr.write_line(
-                f"memline: {self.traced} tests traced, {self.over_budget} over budget"
-            )
+            tr.write_line(f"memline: {self.traced} tests traced, {len(self.over_budget)} over budget")
+        for path in (s.json_report, s.markdown_report):
+            if path is not None:
+                tr.write_line(f"memline: wrote {_settings.display(path)}")
 
 
 def _python_at_least(major: int, minor: int) -> bool:
     import sys
 
     return sys.version_info >= (major, minor)
+

@@ -17,9 +17,6 @@ from typing import Any
 __all__ = ["LineRow", "MemoryTable", "source_of"]
 
 MIB = 1024 * 1024
-#: Contents longer than this are cut when rendered (the data keeps them whole).
-MAX_CONTENTS = 200
-
 _TEMPLATE = "{0:>6} {1:>12} {2:>12} {3:>12}  {4:>11}   {5}"
 HEADER = _TEMPLATE.format("Line #", "Mem usage", "Increment", "Peak", "Occurrences", "Line Contents")
 
@@ -132,25 +129,13 @@ class MemoryTable:
             return "\n".join(out).rstrip("\n")
         out.append(HEADER)
         out.append("=" * len(HEADER))
+        from pytest_memline._memline import render_row
+
         for r in self.rows:
-            contents = r.contents.expandtabs(4)
-            if len(contents) > MAX_CONTENTS:
-                contents = contents[: MAX_CONTENTS - 1] + "…"
-            if r.ran:
-                assert r.mem_usage is not None and r.increment is not None and r.peak is not None
-                line = _TEMPLATE.format(
-                    r.lineno,
-                    mib(r.mem_usage),
-                    mib(r.increment),
-                    mib(r.peak),
-                    r.occurrences,
-                    contents,
-                )
-            else:
-                line = _TEMPLATE.format(r.lineno, "", "", "", "", contents)
+            line = render_row(r.lineno, r.contents, r.increment, r.peak, r.occurrences, r.mem_usage)
             if r.lineno in self.marked:
                 line = ">" + line[1:]
-            out.append(line.rstrip())
+            out.append(line)
         return "\n".join(out)
 
     def metric_label(self) -> str:

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices, Algorithm, DiffOp};
 
 const MIB: f64 = 1024.0 * 1024.0;
+/// Contents longer than this are cut when rendered (the data keeps them whole).
+pub const MAX_CONTENTS: usize = 200;
 
 /// One row of a memory table. The numbers are `None` for lines that did not run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -28,39 +30,37 @@ impl Row {
         self.contents.trim()
     }
 
-    /// The row as the table shows it (memory_profiler's layout plus Peak).
+    /// The row as the table shows it (memory_profiler's layout plus Peak). Tabs become four
+    /// spaces; contents longer than `MAX_CONTENTS` characters are cut with an ellipsis.
     pub fn render(&self) -> String {
-        let text = if self.ran() {
-            format!(
-                "{:>6} {:>12} {:>12} {:>12}  {:>11}   {}",
-                self.line,
+        let mut contents = self.contents.replace('\t', "    ");
+        if contents.chars().count() > MAX_CONTENTS {
+            contents = contents.chars().take(MAX_CONTENTS - 1).collect::<String>() + "…";
+        }
+        let (mem, inc, peak, occ) = if self.ran() {
+            (
                 mib(self.mem_usage.unwrap_or(0) as i64),
                 mib(self.increment.unwrap_or(0)),
                 mib(self.peak.unwrap_or(0)),
-                self.occurrences,
-                self.contents.replace('\t', "    ")
+                self.occurrences.to_string(),
             )
         } else {
-            format!(
-                "{:>6} {:>12} {:>12} {:>12}  {:>11}   {}",
-                self.line,
-                "",
-                "",
-                "",
-                "",
-                self.contents.replace('\t', "    ")
-            )
+            Default::default()
         };
+        let text = format!(
+            "{:>6} {mem:>12} {inc:>12} {peak:>12}  {occ:>11}   {contents}",
+            self.line
+        );
         text.trim_end().to_string()
     }
 
-    /// Same numbers as shown (0.1 MiB resolution), whatever the line number.
+    /// Same numbers as shown (0.1 MiB resolution), whatever the line number. Mem usage is
+    /// left out: it is the whole process's RSS, which moves with whatever ran before the test.
     fn same_as_shown(&self, other: &Row) -> bool {
         self.ran() == other.ran()
             && self.occurrences == other.occurrences
             && shown(self.increment) == shown(other.increment)
             && shown(self.peak) == shown(other.peak)
-            && shown(self.mem_usage.map(|m| m as i64)) == shown(other.mem_usage.map(|m| m as i64))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod diff;
 pub mod lines;
 mod pyapi;
+mod pybaseline;
 pub mod rss;
 pub mod size;
 mod tracer;
@@ -16,5 +17,6 @@ fn _memline(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     tracer::register(m)?;
     pyapi::register(m)?;
+    pybaseline::register(m)?;
     Ok(())
 }

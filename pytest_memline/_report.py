@@ -1,0 +1,133 @@
+"""Reports for CI: a JSON file (every test's table and comparison) and a Markdown summary
+(for a pull-request comment or ``$GITHUB_STEP_SUMMARY``).
+
+JSON schema (``format`` = ``"pytest-memline-report"``, ``version`` = 1)::
+
+    {
+      "format": "pytest-memline-report", "version": 1,
+      "metric": "rss", "python": "3.11.7", "platform": "linux-x86_64",
+      "baseline": "/abs/path/baseline.json" | null,
+      "summary": {"traced": 20, "over_budget": 1, "regressed": 1, "improved": 0,
+                  "unchanged": 18, "new": 0, "gone": ["tests/test_old.py::test_x"]},
+      "tests": {
+        "<node id>": {
+          "outcome": "passed" | "failed" | "skipped",
+          "peak_growth": 83886080,                 # bytes
+          "violations": ["memline: line 12 ..."],  # budget failures, one line each
+          "table": {... MemoryTable.to_dict() ...},
+          "comparison": null | {"status": "regressed" | "improved" | "unchanged" | "new",
+                                "old_peak_growth": int | null,
+                                "changes": [{"line", "old_line", "contents", "what", "old", "new"}],
+                                "diff": [[tag, text, regressed], ...]}
+        }
+      }
+    }
+
+Both files are written atomically (a temp file, then a rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_memline._gate import describe_group
+from pytest_memline.table import mib, signed_mib
+
+JSON_FORMAT = "pytest-memline-report"
+JSON_VERSION = 1
+
+
+def write_atomic(path: str, text: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def json_report(
+    *,
+    python: str,
+    platform: str,
+    baseline: str | None,
+    summary: Mapping[str, Any],
+    tests: Mapping[str, Any],
+) -> str:
+    doc = {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "metric": "rss",
+        "python": python,
+        "platform": platform,
+        "baseline": baseline,
+        "summary": dict(summary),
+        "tests": dict(sorted(tests.items())),
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_report(
+    *,
+    summary: Mapping[str, Any],
+    changes: Sequence[tuple[int, str, Mapping[str, Any]]],
+    top_lines: Sequence[tuple[int, str, int, str]],
+    over_budget: Sequence[tuple[str, str]],
+    baseline: str | None,
+) -> str:
+    """A compact summary: counts, regressions and improvements, budget failures, top lines."""
+    out = []
+    counts = ", ".join(
+        f"{summary.get(k, 0)} {k}" for k in ("regressed", "improved", "unchanged", "new")
+    )
+    gone = summary.get("gone") or []
+    icon = ":x:" if summary.get("regressed") or summary.get("over_budget") else ":white_check_mark:"
+    out.append(f"## {icon} pytest-memline")
+    out.append("")
+    out.append(f"{summary.get('traced', 0)} tests traced, {summary.get('over_budget', 0)} over budget.")
+    if baseline is not None:
+        out.append(f"Against `{baseline}`: {counts}, {len(gone)} gone.")
+    out.append("")
+    if over_budget:
+        out.append("### Over budget")
+        out.append("")
+        for nodeid, message in over_budget:
+            out.append(f"- `{nodeid}`: {message.removeprefix('memline: ')}")
+        out.append("")
+    if changes:
+        out.append("### Biggest changes against the baseline")
+        out.append("")
+        out.append("| change | test | what |")
+        out.append("| ---: | --- | --- |")
+        for delta, nodeid, group in changes:
+            out.append(f"| {signed_mib(delta)} | `{nodeid}` | {_cell(describe_group(group))} |")
+        out.append("")
+    if gone:
+        out.append(f"Gone from the suite: {', '.join(f'`{g}`' for g in gone)}")
+        out.append("")
+    if top_lines:
+        out.append("### Top lines by increment")
+        out.append("")
+        out.append("| increment | test | line |")
+        out.append("| ---: | --- | --- |")
+        for inc, nodeid, lineno, contents in top_lines:
+            contents = contents.replace("|", "\\|").replace("`", "'")
+            out.append(f"| {mib(inc)} | `{nodeid}` | {lineno}: `{contents[:80]}` |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,202 @@
+//! Python bindings of baselines and table diffs. Tables cross the boundary as JSON text in the
+//! baseline's entry format (see `baseline.rs`), so that there is one schema, checked in Rust.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::baseline::{self, Baseline, Entry, LoadError};
+use crate::diff::{self, Row, Thresholds};
+
+fn parse_entry(json: &str) -> PyResult<Entry> {
+    serde_json::from_str(json).map_err(|e| PyValueError::new_err(format!("bad table record: {e}")))
+}
+
+/// A loaded baseline file.
+#[pyclass(module = "pytest_memline._memline", name = "Baseline", frozen)]
+pub struct PyBaseline {
+    inner: Baseline,
+    #[pyo3(get)]
+    path: String,
+}
+
+#[pymethods]
+impl PyBaseline {
+    /// Loads and validates `path`. FileNotFoundError when missing; ValueError naming the file
+    /// and what is wrong when unusable (truncated, wrong schema, newer format version).
+    #[staticmethod]
+    fn load(path: &str) -> PyResult<Self> {
+        match Baseline::load(Path::new(path)) {
+            Ok(inner) => Ok(PyBaseline {
+                inner,
+                path: path.to_string(),
+            }),
+            Err(LoadError::Missing) => Err(PyFileNotFoundError::new_err(format!(
+                "baseline {path} does not exist"
+            ))),
+            Err(LoadError::Corrupt(why)) => Err(PyValueError::new_err(format!(
+                "baseline {path} is unusable: {why}"
+            ))),
+        }
+    }
+
+    #[getter]
+    fn metric(&self) -> &str {
+        &self.inner.metric
+    }
+
+    #[getter]
+    fn python(&self) -> &str {
+        &self.inner.python
+    }
+
+    #[getter]
+    fn platform(&self) -> &str {
+        &self.inner.platform
+    }
+
+    fn test_ids(&self) -> Vec<String> {
+        self.inner.tests.keys().cloned().collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.tests.len()
+    }
+
+    fn __contains__(&self, nodeid: &str) -> bool {
+        self.inner.tests.contains_key(nodeid)
+    }
+
+    /// The entry of `nodeid` as JSON text, or None.
+    fn entry_json(&self, nodeid: &str) -> PyResult<Option<String>> {
+        self.inner
+            .tests
+            .get(nodeid)
+            .map(|e| serde_json::to_string(e).map_err(|e| PyValueError::new_err(e.to_string())))
+            .transpose()
+    }
+
+    /// Compares `current` (an entry as JSON text) with the entry of `nodeid`; None when the
+    /// baseline has no entry for it. Returns `{"status", "old_peak_growth", "changes": [...],
+    /// "diff": [(tag, text, regressed), ...]}`.
+    #[pyo3(signature = (nodeid, current, *, tolerance, noise_floor, context = 3))]
+    fn compare<'py>(
+        &self,
+        py: Python<'py>,
+        nodeid: &str,
+        current: &str,
+        tolerance: f64,
+        noise_floor: u64,
+        context: usize,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(old) = self.inner.tests.get(nodeid) else {
+            return Ok(None);
+        };
+        let new = parse_entry(current)?;
+        let t = Thresholds {
+            tolerance,
+            noise_floor,
+        };
+        let c = diff::compare(
+            &old.lines,
+            old.peak_growth,
+            &new.lines,
+            new.peak_growth,
+            t,
+            context,
+        );
+        let d = PyDict::new(py);
+        d.set_item("status", c.status)?;
+        d.set_item("old_peak_growth", old.peak_growth)?;
+        let changes = PyList::empty(py);
+        for ch in &c.changes {
+            let cd = PyDict::new(py);
+            cd.set_item("line", ch.line)?;
+            cd.set_item("old_line", ch.old_line)?;
+            cd.set_item("contents", &ch.contents)?;
+            cd.set_item("what", ch.what)?;
+            cd.set_item("old", ch.old)?;
+            cd.set_item("new", ch.new)?;
+            changes.append(cd)?;
+        }
+        d.set_item("changes", changes)?;
+        let lines: Vec<(String, String, bool)> = c
+            .diff
+            .into_iter()
+            .map(|l| (l.tag.to_string(), l.text, l.regressed))
+            .collect();
+        d.set_item("diff", lines)?;
+        Ok(Some(d))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Baseline {} ({} tests, metric {})>",
+            self.path,
+            self.inner.tests.len(),
+            self.inner.metric
+        )
+    }
+}
+
+/// Merges `entries` (JSON object: node id -> entry) into the baseline at `path`, atomically,
+/// under a lock. Returns `{"written", "kept", "backup", "backup_reason"}`.
+#[pyfunction]
+fn save_baseline<'py>(
+    py: Python<'py>,
+    path: &str,
+    metric: &str,
+    python: &str,
+    platform: &str,
+    entries: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let tests: BTreeMap<String, Entry> = serde_json::from_str(entries)
+        .map_err(|e| PyValueError::new_err(format!("bad baseline entries: {e}")))?;
+    let mut fresh = Baseline::new(metric, python, platform);
+    fresh.tests = tests;
+    let report = baseline::save(Path::new(path), fresh).map_err(PyOSError::new_err)?;
+    let d = PyDict::new(py);
+    d.set_item("written", report.written)?;
+    d.set_item("kept", report.kept)?;
+    let (bak, why) = report
+        .backup
+        .map(|(p, w)| (Some(p.display().to_string()), Some(w)))
+        .unwrap_or((None, None));
+    d.set_item("backup", bak)?;
+    d.set_item("backup_reason", why)?;
+    Ok(d)
+}
+
+/// One table row as text, exactly as tables and diffs show it.
+#[pyfunction]
+#[pyo3(signature = (line, contents, increment, peak, occurrences, mem_usage))]
+fn render_row(
+    line: u32,
+    contents: String,
+    increment: Option<i64>,
+    peak: Option<i64>,
+    occurrences: u64,
+    mem_usage: Option<u64>,
+) -> String {
+    Row {
+        line,
+        contents,
+        increment,
+        peak,
+        occurrences,
+        mem_usage,
+    }
+    .render()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyBaseline>()?;
+    m.add_function(wrap_pyfunction!(save_baseline, m)?)?;
+    m.add_function(wrap_pyfunction!(render_row, m)?)?;
+    m.add("BASELINE_FORMAT", baseline::FORMAT)?;
+    m.add("BASELINE_VERSION", baseline::VERSION)?;
+    Ok(())
+}
