@@ -250,6 +250,8 @@ class MemlinePlugin:
         self.over_budget: list[tuple[str, str]] = []
         self.collected: set[str] = set()
         self.json_tests: dict[str, Any] = {}
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(_XdistHooks(self.collected), "memline-xdist")
 
     # -- header ------------------------------------------------------------------------------
 
@@ -315,6 +317,8 @@ class MemlinePlugin:
             trace = self.native.stop()
             outcome = self._evaluate(pyfuncitem, code, why, trace)
             pyfuncitem.stash[OUTCOME_KEY] = outcome
+            # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
+            pyfuncitem.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
         if outcome.failed:
             pytest.fail(outcome.message(), pytrace=False)
         return result
@@ -358,7 +362,6 @@ class MemlinePlugin:
         if outcome is None:
             return report
         table = outcome.table
-        report.user_properties.append(("memline_peak_growth", table.peak_growth))
         if report.failed:
             comparison = outcome.comparison
             if comparison is not None and comparison.diff and outcome.failed:
@@ -502,6 +505,17 @@ class MemlinePlugin:
         for path in (s.json_report, s.markdown_report):
             if path is not None:
                 tr.write_line(f"memline: wrote {_settings.display(path)}")
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is present: the controller learns the collected ids
+    from the workers (it collects nothing itself)."""
+
+    def __init__(self, collected: set[str]) -> None:
+        self.collected = collected
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.collected.update(ids)
 
 
 def _python_at_least(major: int, minor: int) -> bool:
