@@ -188,6 +188,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(MemlinePlugin(config, settings), PLUGIN_NAME)
 
 
+def _calls_pyfunc_call(item: pytest.Item) -> bool:
+    """Whether pytest runs this item through ``pytest_pyfunc_call`` (plain test functions and
+    methods do; ``unittest.TestCase`` items override ``runtest``)."""
+    return isinstance(item, pytest.Function) and type(item).runtest is pytest.Function.runtest
+
+
+def _thread_idents() -> set[int]:
+    import threading
+
+    return {t.ident for t in threading.enumerate() if t.ident is not None}
+
+
 def _test_function(item: pytest.Item) -> tuple[types.CodeType | None, str | None]:
     """The code of the function whose body is the test, unwrapped from decorators."""
     obj = getattr(item, "obj", None)
@@ -240,6 +252,7 @@ class MemlinePlugin:
         self.native = _memline
         self.is_worker = hasattr(config, "workerinput")
         self.probe = _memline.probe_reader(settings.reader, settings.peak)
+        _register_fork_handler(_memline)
         self.gate = Gate(settings, config.rootpath)
         self.gate.load()
         # session-wide results, kept small: the top lines, tables only when shown
@@ -306,8 +319,20 @@ class MemlinePlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
-        code, why = _test_function(pyfuncitem)
+        return (yield from self._traced(pyfuncitem))
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        """Items that do not go through ``pytest_pyfunc_call`` (``unittest.TestCase`` tests):
+        traced around their ``runtest``, as close to the test as pytest lets a plugin get."""
+        if _calls_pyfunc_call(item):
+            return (yield)
+        return (yield from self._traced(item))
+
+    def _traced(self, item: pytest.Item) -> Generator[None, object, object]:
+        code, why = _test_function(item)
         s = self.settings
+        threads_before = _thread_idents()
         self.native.start(
             [code] if code is not None else [], peak=s.peak, reader=s.reader, backend=s.backend
         )
@@ -315,21 +340,32 @@ class MemlinePlugin:
             result = yield
         finally:
             trace = self.native.stop()
-            outcome = self._evaluate(pyfuncitem, code, why, trace)
-            pyfuncitem.stash[OUTCOME_KEY] = outcome
+            new_threads = _thread_idents() - threads_before
+            outcome = self._evaluate(item, code, why, trace, bool(new_threads))
+            item.stash[OUTCOME_KEY] = outcome
             # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
-            pyfuncitem.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
+            item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
         if outcome.failed:
             pytest.fail(outcome.message(), pytrace=False)
         return result
 
     def _evaluate(
-        self, item: pytest.Item, code: types.CodeType | None, why: str | None, trace: Any
+        self,
+        item: pytest.Item,
+        code: types.CodeType | None,
+        why: str | None,
+        trace: Any,
+        threads: bool,
     ) -> TestOutcome:
         from pytest_memline._budget import check
         from pytest_memline.table import build_table
 
         notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
+        if threads:
+            notes.append(
+                "the test started threads: RSS is per process, so their memory is in these "
+                "numbers, but their lines are not traced"
+            )
         table = build_table(
             title=item.nodeid,
             code=code,
@@ -505,6 +541,19 @@ class MemlinePlugin:
         for path in (s.json_report, s.markdown_report):
             if path is not None:
                 tr.write_line(f"memline: wrote {_settings.display(path)}")
+
+
+_FORK_HANDLER_REGISTERED = False
+
+
+def _register_fork_handler(native: Any) -> None:
+    """A test that forks: the child drops the parent's trace (it is not traced) at once."""
+    global _FORK_HANDLER_REGISTERED
+    import os
+
+    if not _FORK_HANDLER_REGISTERED and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=native.abandon)
+        _FORK_HANDLER_REGISTERED = True
 
 
 class _XdistHooks:
