@@ -171,8 +171,13 @@ class MemlinePlugin:
         try:
             marker = _settings.parse_marker(item.get_closest_marker(MARKER), item.nodeid)
         except _settings.MarkerError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
+            error = str(exc)
+        else:
+            item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
+            return
+        # Outside the except block: failing inside it chains the MarkerError, and pytest then
+        # prints the message twice ("During handling of the above exception ...").
+        pytest.fail(error, pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
