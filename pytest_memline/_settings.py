@@ -23,6 +23,11 @@ MARKER_DOC = (
     "'60MiB', '1.5 GiB', '512KiB' or an int of bytes."
 )
 MARKER_KEYWORDS = ("test", "line")
+#: The accepted calls, for error messages.
+MARKER_USAGE = (
+    'mem_limit(test, *, line), e.g. mem_limit("60MiB"), mem_limit("60MiB", line="5MiB") or '
+    'mem_limit(line="5MiB")'
+)
 
 TABLES_CHOICES = ("failed", "all", "none")
 DEFAULT_TABLES = "failed"
@@ -180,13 +185,13 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> TestLimits | None:
     if len(mark.args) > 1:
         raise MarkerError(
             f"{nodeid}: @pytest.mark.{MARKER} takes at most one positional argument (the test "
-            f"limit), got {len(mark.args)}: {mark.args!r}"
+            f"limit), got {len(mark.args)}: {mark.args!r}; accepted: {MARKER_USAGE}"
         )
     unknown = sorted(set(mark.kwargs) - set(MARKER_KEYWORDS))
     if unknown:
         raise MarkerError(
-            f"{nodeid}: @pytest.mark.{MARKER} got unknown keyword {unknown[0]!r}; "
-            f"accepted: test, line"
+            f"{nodeid}: @pytest.mark.{MARKER} got unknown keyword "
+            f"{unknown[0]}={mark.kwargs[unknown[0]]!r}; accepted: {MARKER_USAGE}"
         )
     if mark.args and "test" in mark.kwargs:
         raise MarkerError(f"{nodeid}: @pytest.mark.{MARKER} got the test limit twice")
