@@ -118,6 +118,8 @@ class TestOutcome:
     table: Any  # MemoryTable
     limits: TestLimits
     violations: list[Any]
+    #: The budget failed the test (the test itself had passed).
+    failed_by_budget: bool = False
 
     __test__ = False
 
@@ -211,6 +213,7 @@ class MemlinePlugin:
         if outcome.violations:
             from pytest_memline._budget import failure_text
 
+            outcome.failed_by_budget = True
             pytest.fail(failure_text(outcome.table, outcome.violations), pytrace=False)
         return result
 
@@ -226,9 +229,13 @@ class MemlinePlugin:
             return report
         table = outcome.table
         report.user_properties.append(("memline_peak_growth", table.peak_growth))
-        # The failure text already holds the table when the budget failed the test.
-        if report.failed and not outcome.violations and self.settings.tables != "none":
-            report.sections.append(("memline", table.render()))
+        # The failure text already holds the table when the budget failed the test. A test
+        # that failed on its own gets it as a section, with any budget it also went over.
+        if report.failed and not outcome.failed_by_budget and self.settings.tables != "none":
+            from pytest_memline._budget import failure_text
+
+            text = failure_text(table, outcome.violations) if outcome.violations else table.render()
+            report.sections.append(("memline", text))
         report.memline = {  # type: ignore[attr-defined]
             "table": table.to_dict(),
             "over_budget": bool(outcome.violations),
