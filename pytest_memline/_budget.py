@@ -62,11 +62,16 @@ def check(table: MemoryTable, limits: TestLimits) -> list[Violation]:
     return found
 
 
-def failure_text(table: MemoryTable, violations: list[Violation]) -> str:
-    """One line (what, how much, which limit, where from), the rest, then the marked table."""
+def failure_text(
+    table: MemoryTable, violations: list[Violation], *, with_table: bool = True
+) -> str:
+    """One line (what, how much, which limit, where from), the rest, then the marked table
+    (unless ``with_table`` is false: ``--memline-tables=none``)."""
     first = violations[0].message(table)
     if len(violations) > 1:
         first += f" (and {len(violations) - 1} more over budget)"
     rest = [v.message(table) for v in violations[1:]]
+    if not with_table:
+        return "\n".join([first, *rest])
     marked = table.with_marks(v.lineno for v in violations if v.lineno is not None)
     return "\n".join([first, *rest, "", marked.render()])

@@ -214,7 +214,8 @@ class MemlinePlugin:
             from pytest_memline._budget import failure_text
 
             outcome.failed_by_budget = True
-            pytest.fail(failure_text(outcome.table, outcome.violations), pytrace=False)
+            text = failure_text(outcome.table, outcome.violations, with_table=s.tables != "none")
+            pytest.fail(text, pytrace=False)
         return result
 
     @pytest.hookimpl(wrapper=True)
