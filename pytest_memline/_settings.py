@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +162,12 @@ def resolve(options: Any, config: Mapping[str, Any] | None, config_file: str | N
                 line_limit=None if r.get("line_limit") is None else Limit(r["line_limit"], source),
             )
         )
+    backend = getattr(options, "memline_backend", None) or "auto"
+    if backend == "monitoring" and sys.version_info < (3, 12):
+        raise pytest.UsageError(
+            "memline: --memline-backend=monitoring needs Python 3.12 or later (sys.monitoring); "
+            f"this is Python {platform.python_version()}: use settrace or auto"
+        )
     peak_option = getattr(options, "memline_peak", None)
     peak = (peak_option == "on") if peak_option is not None else cfg.get("peak", True) is not False
     return Settings(
@@ -167,7 +175,7 @@ def resolve(options: Any, config: Mapping[str, Any] | None, config_file: str | N
         tables=pick("memline_tables", "tables", DEFAULT_TABLES),
         top=int(pick("memline_top", "top", DEFAULT_TOP)),
         peak=peak,
-        backend=getattr(options, "memline_backend", None) or "auto",
+        backend=backend,
         reader=getattr(options, "memline_reader", None) or "auto",
         config_file=config_file,
         test_limit=limit("test_limit"),
