@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,11 @@ MARKER_DOC = (
     "growth over the baseline this test may show."
 )
 MARKER_KEYWORDS = ("test", "line", "tolerance", "noise_floor")
+#: The accepted calls, for error messages.
+MARKER_USAGE = (
+    'mem_limit(test, *, line, tolerance, noise_floor), e.g. mem_limit("60MiB"), '
+    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB") or mem_limit(tolerance="20%")'
+)
 
 TABLES_CHOICES = ("failed", "all", "none")
 DEFAULT_TABLES = "failed"
@@ -232,6 +239,12 @@ def resolve(
     def report_path(option_name: str) -> str | None:
         value = getattr(options, option_name, None)
         return None if value is None else str(here / value)
+    backend = getattr(options, "memline_backend", None) or "auto"
+    if backend == "monitoring" and sys.version_info < (3, 12):
+        raise pytest.UsageError(
+            "memline: --memline-backend=monitoring needs Python 3.12 or later (sys.monitoring); "
+            f"this is Python {platform.python_version()}: use settrace or auto"
+        )
     peak_option = getattr(options, "memline_peak", None)
     peak = (peak_option == "on") if peak_option is not None else cfg.get("peak", True) is not False
     return Settings(
@@ -239,7 +252,7 @@ def resolve(
         tables=pick("memline_tables", "tables", DEFAULT_TABLES),
         top=int(pick("memline_top", "top", DEFAULT_TOP)),
         peak=peak,
-        backend=getattr(options, "memline_backend", None) or "auto",
+        backend=backend,
         reader=getattr(options, "memline_reader", None) or "auto",
         config_file=config_file,
         test_limit=limit("test_limit"),
@@ -264,13 +277,13 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
     if len(mark.args) > 1:
         raise MarkerError(
             f"{nodeid}: {name} takes at most one positional argument (the test limit), got "
-            f"{len(mark.args)}: {mark.args!r}"
+            f"{len(mark.args)}: {mark.args!r}; accepted: {MARKER_USAGE}"
         )
     unknown = sorted(set(mark.kwargs) - set(MARKER_KEYWORDS))
     if unknown:
         raise MarkerError(
-            f"{nodeid}: {name} got unknown keyword {unknown[0]!r}; accepted: "
-            f"{', '.join(MARKER_KEYWORDS)}"
+            f"{nodeid}: {name} got unknown keyword {unknown[0]}={mark.kwargs[unknown[0]]!r}; "
+            f"accepted: {MARKER_USAGE}"
         )
     if mark.args and "test" in mark.kwargs:
         raise MarkerError(f"{nodeid}: {name} got the test limit twice")

@@ -314,8 +314,13 @@ class MemlinePlugin:
         try:
             marker = _settings.parse_marker(item.get_closest_marker(MARKER), item.nodeid)
         except _settings.MarkerError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
+            error = str(exc)
+        else:
+            item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
+            return
+        # Outside the except block: failing inside it chains the MarkerError, and pytest then
+        # prints the message twice ("During handling of the above exception ...").
+        pytest.fail(error, pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
@@ -402,8 +407,12 @@ class MemlinePlugin:
             comparison = outcome.comparison
             if comparison is not None and comparison.diff and outcome.failed:
                 report.sections.append((SECTION_DIFF, render_diff(comparison)))
-            if self.settings.tables != "none":
-                report.sections.append((SECTION_TABLE, table.render()))
+            text = table.render() if self.settings.tables != "none" else ""
+            if outcome.failed and not self._failed_by_memline(report):
+                # the test failed on its own: say what memline found too
+                text = outcome.message() + ("\n\n" + text if text else "")
+            if text:
+                report.sections.append((SECTION_TABLE, text))
         report.memline = {  # type: ignore[attr-defined]
             "table": table.to_dict(),
             "marked": sorted(table.marked),
@@ -411,6 +420,11 @@ class MemlinePlugin:
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
         }
         return report
+
+    @staticmethod
+    def _failed_by_memline(report: pytest.TestReport) -> bool:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        return str(getattr(crash, "message", "")).startswith("Failed: memline:")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "memline", None)

@@ -4,6 +4,11 @@
 //! reset comes from writing `5` to `/proc/self/clear_refs` (resets VmHWM to the current RSS)
 //! and reading `getrusage(RUSAGE_SELF).ru_maxrss`. Portable path: `sysinfo`, no exact peak.
 //!
+//! `ru_maxrss` is the larger of our own high-water mark and `signal->maxrss`, which holds the
+//! peak RSS of the process image before `exec` (after `vfork`/`posix_spawn`: the parent's) and
+//! which `clear_refs` does not reset. When that floor is above our RSS, a reading at the floor
+//! says nothing about our own peak: then `VmHWM` from `/proc/self/status` (slower) gives it.
+//!
 //! Nothing here allocates or panics after construction: these run inside the trace callback.
 
 use std::fs::File;
@@ -54,6 +59,11 @@ pub struct RssReader {
     /// The process this reader reads (a forked child must not use the parent's fds).
     pub pid: u32,
     buf: [u8; 128],
+    /// `ru_maxrss` right after a reset when it was above our own peak: the inherited floor.
+    maxrss_floor: Option<u64>,
+    /// `/proc/self/status`, open when there is a floor, and a buffer for reading it.
+    status: Option<File>,
+    status_buf: Vec<u8>,
 }
 
 impl RssReader {
@@ -71,6 +81,9 @@ impl RssReader {
             peak_unavailable: None,
             pid,
             buf: [0; 128],
+            maxrss_floor: None,
+            status: None,
+            status_buf: Vec::new(),
         };
         if reader.current().is_none() {
             return Err("could not read the resident set size of this process".into());
@@ -90,6 +103,10 @@ impl RssReader {
                             "/proc/self/clear_refs cannot reset the peak here; Peak falls back to Increment"
                                 .into(),
                         );
+                    } else if let Err(why) = reader.detect_maxrss_floor() {
+                        reader.clear_refs = None;
+                        reader.peak_unavailable =
+                            Some(format!("{why}; Peak falls back to Increment"));
                     }
                 }
                 Err(why) => {
@@ -174,9 +191,38 @@ impl RssReader {
         false
     }
 
-    /// Peak RSS in bytes since the last `reset_peak` (getrusage's ru_maxrss, in KiB on Linux).
+    /// Finds the floor below which `ru_maxrss` cannot follow our peak (see the module docs):
+    /// right after a reset, `ru_maxrss` above `VmHWM` (read after it, so not below the
+    /// high-water mark it saw) can only be the floor. Keeps `/proc/self/status` open if so.
+    fn detect_maxrss_floor(&mut self) -> Result<(), String> {
+        let mut status = open_status()?;
+        let mut buf = vec![0; 4096];
+        self.reset_peak();
+        let maxrss = self.getrusage_maxrss().ok_or("getrusage failed")?;
+        let hwm = read_vm_hwm(&mut status, &mut buf).ok_or("no VmHWM in /proc/self/status")?;
+        if maxrss > hwm {
+            self.maxrss_floor = Some(maxrss);
+            self.status = Some(status);
+            self.status_buf = buf;
+        }
+        Ok(())
+    }
+
+    /// Peak RSS in bytes since the last `reset_peak`: getrusage's ru_maxrss (KiB on Linux), or
+    /// `VmHWM` when ru_maxrss is at the inherited floor and so hides our own peak.
     #[inline]
-    pub fn peak_since_reset(&self) -> Option<u64> {
+    pub fn peak_since_reset(&mut self) -> Option<u64> {
+        let maxrss = self.getrusage_maxrss()?;
+        match (self.maxrss_floor, &mut self.status) {
+            (Some(floor), Some(status)) if maxrss <= floor => {
+                read_vm_hwm(status, &mut self.status_buf)
+            }
+            _ => Some(maxrss),
+        }
+    }
+
+    #[inline]
+    fn getrusage_maxrss(&self) -> Option<u64> {
         #[cfg(unix)]
         {
             let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
@@ -207,6 +253,42 @@ fn open_clear_refs() -> Result<File, String> {
 #[cfg(not(target_os = "linux"))]
 fn open_clear_refs() -> Result<File, String> {
     Err("no /proc/self/clear_refs on this platform".into())
+}
+
+fn open_status() -> Result<File, String> {
+    File::open("/proc/self/status").map_err(|e| format!("cannot open /proc/self/status ({e})"))
+}
+
+/// `VmHWM` of an open `/proc/self/status`, in bytes.
+#[inline]
+fn read_vm_hwm(status: &mut File, buf: &mut [u8]) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let n = status.read_at(buf, 0).ok()?;
+        parse_status_hwm(&buf[..n])
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (status, buf);
+        None
+    }
+}
+
+/// The `VmHWM:` line of `/proc/self/status` (`VmHWM:\t  205944 kB`), in bytes.
+pub fn parse_status_hwm(buf: &[u8]) -> Option<u64> {
+    let start = buf.windows(6).position(|w| w == b"VmHWM:")? + 6;
+    let mut digits = buf[start..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .peekable();
+    digits.peek()?;
+    let mut kib: u64 = 0;
+    for &b in digits {
+        kib = kib.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    kib.checked_mul(1024)
 }
 
 /// The second field of `/proc/self/statm`: resident pages.
@@ -242,6 +324,26 @@ mod tests {
         assert_eq!(parse_statm_resident(b"5000 12a4 3"), None);
         assert_eq!(parse_statm_resident(b""), None);
         assert_eq!(parse_statm_resident(b"1  2"), None);
+    }
+
+    #[test]
+    fn status_hwm_parsing() {
+        let status =
+            b"Name:\tpython\nVmPeak:\t  300000 kB\nVmHWM:\t  205944 kB\nVmRSS:\t 1216 kB\n";
+        assert_eq!(parse_status_hwm(status), Some(205_944 * 1024));
+        assert_eq!(parse_status_hwm(b"VmHWM:\t kB\n"), None);
+        assert_eq!(parse_status_hwm(b"VmRSS:\t 12 kB\n"), None);
+        assert_eq!(parse_status_hwm(b"VmHWM:"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn status_hwm_is_at_least_the_current_rss() {
+        let mut r = RssReader::open(ReaderKind::Procfs, false).unwrap();
+        let rss = r.current().unwrap();
+        let mut buf = vec![0; 4096];
+        let hwm = read_vm_hwm(&mut open_status().unwrap(), &mut buf).unwrap();
+        assert!(hwm + (1 << 20) >= rss, "VmHWM {hwm} below RSS {rss}");
     }
 
     #[test]

@@ -1,0 +1,123 @@
+"""The trace and monitoring state around each traced test: whatever was installed before (a
+Python-level trace function, another sys.monitoring tool) keeps working during the test and is
+back afterwards, also when the test raises or is interrupted."""
+
+import json
+import sys
+
+import pytest
+
+CONFTEST = """
+import json
+import pathlib
+import sys
+
+import pytest
+
+calls = []
+
+
+def tracer(frame, event, arg):
+    if event == "call":
+        calls.append(frame.f_code.co_name)
+    return None
+
+
+def tools():
+    if sys.version_info < (3, 12):
+        return {}
+    return {i: sys.monitoring.get_tool(i) for i in range(6) if sys.monitoring.get_tool(i)}
+
+
+@pytest.fixture
+def own_tracer():
+    # a coverage-like trace function installed before the test
+    calls.clear()
+    sys.settrace(tracer)
+    yield
+    after = sys.gettrace()
+    sys.settrace(None)
+    assert after is tracer, f"trace function after the test: {after!r}"
+    assert "helper" in calls, f"the previous tracer missed the test's calls: {calls}"
+
+
+@pytest.fixture
+def no_tracer():
+    assert sys.gettrace() is None and tools() == {}
+    yield
+    after = (sys.gettrace(), tools())
+    assert after == (None, {}), f"left behind: {after!r}"
+
+
+@pytest.fixture
+def other_tool():
+    # another profiler holds sys.monitoring tool id 2 (the first one memline would take)
+    if sys.version_info < (3, 12):
+        pytest.skip("sys.monitoring needs Python 3.12")
+    sys.monitoring.use_tool_id(2, "other-profiler")
+    yield
+    after = tools()
+    sys.monitoring.free_tool_id(2)
+    assert after == {2: "other-profiler"}, f"tools after the test: {after!r}"
+
+
+def pytest_keyboard_interrupt(excinfo):
+    state = {"gettrace": repr(sys.gettrace()), "tools": tools()}
+    pathlib.Path("after_interrupt.json").write_text(json.dumps(state))
+"""
+
+TESTS = """
+import sys
+
+
+def helper():
+    return 1
+
+
+def test_keeps_tracer(own_tracer):
+    assert helper() == 1
+
+
+def test_keeps_tracer_when_raising(own_tracer):
+    helper()
+    raise ValueError("boom")
+
+
+def test_leaves_nothing(no_tracer):
+    data = bytearray(2**20)
+
+
+def test_leaves_nothing_when_raising(no_tracer):
+    raise ValueError("boom")
+
+
+def test_other_tool_untouched(other_tool):
+    data = bytearray(2**20)
+
+
+def test_zz_interrupted():
+    raise KeyboardInterrupt
+"""
+
+
+def test_previous_state_restored(pytester: pytest.Pytester, backend: str) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_state=TESTS)
+    result = pytester.runpytest_subprocess("--memline", f"--memline-backend={backend}", "-rA")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    out = result.stdout.str()
+    # the two tests that raise fail with their own error; no fixture found anything left over
+    lines = out.splitlines()
+    for line in (
+        "PASSED test_state.py::test_keeps_tracer",
+        "PASSED test_state.py::test_leaves_nothing",
+        "FAILED test_state.py::test_keeps_tracer_when_raising - ValueError: boom",
+        "FAILED test_state.py::test_leaves_nothing_when_raising - ValueError: boom",
+    ):
+        assert line in lines, line
+    if sys.version_info >= (3, 12):
+        assert "PASSED test_state.py::test_other_tool_untouched" in lines
+    assert "ERROR" not in out, out
+    # interrupted inside a traced test: the tracer is gone by the time pytest reports it
+    after = json.loads((pytester.path / "after_interrupt.json").read_text())
+    assert after == {"gettrace": "None", "tools": {}}
