@@ -29,14 +29,19 @@ class Violation:
 
     def message(self, table: MemoryTable | None = None) -> str:
         limit = f"{_size(self.limit.value)} ({self.limit.source})"
+        what = "the Python heap" if table is not None and table.metric == "heap" else "RSS"
         if self.lineno is None:
-            return f"memline: test peak RSS growth of {mib(self.value)} is over the test limit of {limit}"
+            noun = "heap" if what != "RSS" else "RSS"
+            return (
+                f"memline: test peak {noun} growth of {mib(self.value)} is over the test limit "
+                f"of {limit}"
+            )
         where = f"line {self.lineno}"
         row = table.row(self.lineno) if table is not None else None
         if row is not None and row.contents.strip():
             where += f" `{row.contents.strip()[:60]}`"
         if self.what == "increment":
-            return f"memline: {where} grew RSS by {mib(self.value)}, over the line limit of {limit}"
+            return f"memline: {where} grew {what} by {mib(self.value)}, over the line limit of {limit}"
         return (
             f"memline: {where} peaked {mib(self.value)} above its start, over the line limit of "
             f"{limit}"

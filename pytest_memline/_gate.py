@@ -21,7 +21,7 @@ from pytest_memline._settings import Settings, TestLimits, display
 from pytest_memline.table import MemoryTable, mib, signed_mib
 
 #: Statuses a traced test can have against a baseline.
-STATUSES = ("regressed", "improved", "unchanged", "new")
+STATUSES = ("regressed", "improved", "unchanged", "new", "refused")
 
 
 def platform_tag() -> str:
@@ -32,15 +32,19 @@ def python_version() -> str:
     return platform.python_version()
 
 
-def entry_of(table: MemoryTable, rootpath: Path, outcome: str = "passed") -> dict[str, Any]:
-    """A table as a baseline entry (the schema is checked by the native module)."""
+def entry_of(
+    table: MemoryTable, rootpath: Path, file_metric: str = "rss", outcome: str = "passed"
+) -> dict[str, Any]:
+    """A table as a baseline entry (the schema is checked by the native module). The entry
+    names its metric only when it differs from the file's (a test with a ``metric=`` marker)."""
     filename = table.filename
     if os.path.isabs(filename):
         try:
             filename = Path(filename).relative_to(rootpath).as_posix()
         except ValueError:
             pass
-    return {
+    entry: dict[str, Any] = {} if table.metric == file_metric else {"metric": table.metric}
+    return entry | {
         "outcome": outcome,
         "function": table.function,
         "filename": filename,
@@ -57,6 +61,7 @@ class Comparison:
     old_peak_growth: int | None = None
     changes: tuple[Mapping[str, Any], ...] = ()
     diff: tuple[tuple[str, str, bool], ...] = ()
+    reason: str | None = None  # why the comparison was refused
 
     @property
     def regressed(self) -> bool:
@@ -68,6 +73,7 @@ class Comparison:
             "old_peak_growth": self.old_peak_growth,
             "changes": [dict(c) for c in self.changes],
             "diff": [list(d) for d in self.diff],
+            "reason": self.reason,
         }
 
     @classmethod
@@ -77,6 +83,7 @@ class Comparison:
             old_peak_growth=d.get("old_peak_growth"),
             changes=tuple(d.get("changes") or ()),
             diff=tuple((str(t), str(x), bool(r)) for t, x, r in d.get("diff") or ()),
+            reason=d.get("reason"),
         )
 
 
@@ -179,10 +186,10 @@ class Gate:
             return
         except ValueError as exc:
             raise pytest.UsageError(f"memline: {exc}") from None
-        if baseline.metric != "rss":
+        if baseline.metric != self.settings.metric:
             raise pytest.UsageError(
                 f"memline: baseline {path} holds the {baseline.metric!r} metric and this run "
-                f"measures 'rss': comparing across metrics is refused"
+                f"measures {self.settings.metric!r}: comparing across metrics is refused"
             )
         if baseline.platform != platform_tag():
             raise pytest.UsageError(
@@ -201,12 +208,16 @@ class Gate:
             return None
         if self.baseline is None or nodeid not in self.baseline:
             return Comparison("new")
-        answer = self.baseline.compare(
-            nodeid,
-            json.dumps(entry_of(table, self.rootpath)),
-            tolerance=limits.tolerance.value,
-            noise_floor=limits.noise_floor.value,
-        )
+        try:
+            answer = self.baseline.compare(
+                nodeid,
+                json.dumps(entry_of(table, self.rootpath, self.settings.metric)),
+                tolerance=limits.tolerance.value,
+                noise_floor=limits.noise_floor.value,
+                metric=table.metric,
+            )
+        except ValueError as exc:
+            return Comparison("refused", reason=str(exc))
         assert answer is not None
         return Comparison(
             status=answer["status"],
@@ -230,7 +241,7 @@ class Gate:
                 group = {"line": None, "parts": [("peak growth", old, new)], "delta": new - old}
                 self.changes.append((new - old, nodeid, group))
         if self.settings.save is not None and passed:
-            self.to_save[nodeid] = entry_of(table, self.rootpath)
+            self.to_save[nodeid] = entry_of(table, self.rootpath, self.settings.metric)
 
     def gone(self, collected: Iterable[str]) -> list[str]:
         """Baseline entries whose test is gone: its file was collected but it was not, or its
@@ -262,7 +273,7 @@ class Gate:
             return [f"memline: nothing to save to {path} (no traced test passed)"]
         report = _memline.save_baseline(
             self.settings.save,
-            "rss",
+            self.settings.metric,
             python_version(),
             platform_tag(),
             json.dumps(self.to_save),

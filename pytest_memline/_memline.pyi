@@ -62,6 +62,8 @@ class TraceResult:
     @property
     def reader(self) -> str: ...
     @property
+    def metric(self) -> str: ...
+    @property
     def backend(self) -> str: ...
     @property
     def peak_note(self) -> str | None: ...
@@ -83,7 +85,12 @@ class ReaderProbe(TypedDict):
     note: str | None
 
 def start(
-    codes: list[CodeType], *, peak: bool = True, reader: str = "auto", backend: str = "auto"
+    codes: list[CodeType],
+    *,
+    peak: bool = True,
+    reader: str = "auto",
+    backend: str = "auto",
+    metric: str = "rss",
 ) -> None: ...
 def stop() -> TraceResult: ...
 def is_tracing() -> bool: ...
@@ -139,7 +146,14 @@ class Baseline:
     def __contains__(self, key: str, /) -> bool: ...
     def entry_json(self, nodeid: str) -> str | None: ...
     def compare(
-        self, nodeid: str, current: str, *, tolerance: float, noise_floor: int, context: int = 3
+        self,
+        nodeid: str,
+        current: str,
+        *,
+        tolerance: float,
+        noise_floor: int,
+        metric: str = "rss",
+        context: int = 3,
     ) -> ComparisonDict | None: ...
 
 def save_baseline(

@@ -60,6 +60,7 @@ def write_atomic(path: str, text: str) -> None:
 
 def json_report(
     *,
+    metric: str,
     python: str,
     platform: str,
     baseline: str | None,
@@ -69,7 +70,7 @@ def json_report(
     doc = {
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
-        "metric": "rss",
+        "metric": metric,
         "python": python,
         "platform": platform,
         "baseline": baseline,

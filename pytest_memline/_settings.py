@@ -20,16 +20,18 @@ import pytest
 
 MARKER = "mem_limit"
 MARKER_DOC = (
-    "mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None): pytest-memline "
-    "budgets. The test fails when its peak RSS growth exceeds `test`, or when any line's "
-    "increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an int of "
-    "bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set how much "
-    "growth over the baseline this test may show."
+    "mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None, metric=None): "
+    "pytest-memline budgets. The test fails when its peak RSS growth exceeds `test`, or when any "
+    "line's increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an int "
+    "of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set how "
+    "much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
+    "measured."
 )
-MARKER_KEYWORDS = ("test", "line", "tolerance", "noise_floor")
+MARKER_KEYWORDS = ("test", "line", "tolerance", "noise_floor", "metric")
+METRICS = ("rss", "heap")
 #: The accepted calls, for error messages.
 MARKER_USAGE = (
-    'mem_limit(test, *, line, tolerance, noise_floor), e.g. mem_limit("60MiB"), '
+    'mem_limit(test, *, line, tolerance, noise_floor, metric), e.g. mem_limit("60MiB"), '
     'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB") or mem_limit(tolerance="20%")'
 )
 
@@ -79,6 +81,7 @@ class TestLimits:
     line: Limit | None = None
     tolerance: Tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
     noise_floor: Limit = Limit(DEFAULT_NOISE_FLOOR, "default")
+    metric: str = "rss"
 
     __test__ = False  # not a test class, whatever its name
 
@@ -91,6 +94,7 @@ class MarkerLimits:
     line: Limit | None = None
     tolerance: Tolerance | None = None
     noise_floor: Limit | None = None
+    metric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class Settings:
     compare: str | None = None
     json_report: str | None = None
     markdown_report: str | None = None
+    metric: str = "rss"
 
     def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
         """Value by value: the marker, then the first matching rule, then the run's defaults."""
@@ -123,6 +128,7 @@ class Settings:
             line=m.line or rule.line_limit or self.line_limit,
             tolerance=m.tolerance or rule.tolerance or self.tolerance,
             noise_floor=m.noise_floor or rule.noise_floor or self.noise_floor,
+            metric=m.metric or self.metric,
         )
 
 
@@ -262,6 +268,7 @@ def resolve(
         noise_floor=noise_floor,
         save=baseline_path("memline_save"),
         compare=baseline_path("memline_compare"),
+        metric=pick("memline_metric", "metric", "rss"),
         json_report=report_path("memline_json"),
         markdown_report=report_path("memline_markdown"),
     )
@@ -290,6 +297,9 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
     values = dict(mark.kwargs)
     if mark.args:
         values["test"] = mark.args[0]
+    metric = values.get("metric")
+    if metric is not None and metric not in METRICS:
+        raise MarkerError(f"{nodeid}: {name}(metric={metric!r}): expected 'rss' or 'heap'")
     if all(values.get(k) is None for k in MARKER_KEYWORDS):
         raise MarkerError(
             f"{nodeid}: {name} sets no limit; use e.g. mem_limit(\"60MiB\") or "
@@ -322,5 +332,9 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
                 f"'10%'"
             ) from None
     return MarkerLimits(
-        test=sizes["test"], line=sizes["line"], tolerance=tolerance, noise_floor=sizes["noise_floor"]
+        test=sizes["test"],
+        line=sizes["line"],
+        tolerance=tolerance,
+        noise_floor=sizes["noise_floor"],
+        metric=metric,
     )

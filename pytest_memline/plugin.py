@@ -127,6 +127,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how RSS is read: auto (procfs on Linux), procfs, or portable (sysinfo).",
     )
     group.addoption(
+        "--memline-metric",
+        choices=("rss", "heap"),
+        default=None,
+        help="what to measure: rss (resident memory of the process, the default) or heap "
+        "(Python-visible allocated bytes from tracemalloc: the same on every run).",
+    )
+    group.addoption(
         "--memline-save",
         nargs="?",
         const="",
@@ -224,12 +231,16 @@ class TestOutcome:
 
     @property
     def failed(self) -> bool:
-        return bool(self.violations) or bool(self.comparison and self.comparison.regressed)
+        return bool(self.violations) or bool(
+            self.comparison and self.comparison.status in ("regressed", "refused")
+        )
 
     def message(self) -> str:
         from pytest_memline._gate import change_message, group_changes
 
         lines = [v.message(self.table) for v in self.violations]
+        if self.comparison is not None and self.comparison.status == "refused":
+            lines.append(f"memline: {self.comparison.reason}")
         if self.comparison is not None and self.comparison.regressed:
             groups = group_changes(self.comparison.changes)
             # the lines first: they answer "which line?"; the test's own growth last
@@ -275,7 +286,10 @@ class MemlinePlugin:
         if backend == "auto":
             backend = "monitoring" if _python_at_least(3, 12) else "settrace"
         peak = "exact in-line peak" if probe["exact_peak"] else f"no exact peak: {probe['note']}"
-        lines = [f"memline: on (backend {backend}, RSS via {probe['reader']}, {peak})"]
+        if s.metric == "heap":
+            lines = [f"memline: on (backend {backend}, metric heap: Python allocations via tracemalloc)"]
+        else:
+            lines = [f"memline: on (backend {backend}, RSS via {probe['reader']}, {peak})"]
         limits = []
         if s.test_limit:
             limits.append(f"test {self.native.format_size(s.test_limit.value)}")
@@ -337,9 +351,19 @@ class MemlinePlugin:
     def _traced(self, item: pytest.Item) -> Generator[None, object, object]:
         code, why = _test_function(item)
         s = self.settings
+        metric = item.stash[LIMITS_KEY].metric if LIMITS_KEY in item.stash else s.metric
         threads_before = _thread_idents()
+        if metric == "heap":
+            # the same garbage-collector schedule on every run: the heap numbers repeat exactly
+            import gc
+
+            gc.collect()
         self.native.start(
-            [code] if code is not None else [], peak=s.peak, reader=s.reader, backend=s.backend
+            [code] if code is not None else [],
+            peak=s.peak,
+            reader=s.reader,
+            backend=s.backend,
+            metric=metric,
         )
         try:
             result = yield
@@ -379,6 +403,7 @@ class MemlinePlugin:
             end_rss=trace.end_rss,
             peak_growth=trace.peak_growth,
             exact_peak=trace.exact_peak,
+            metric=trace.metric,
             notes=notes,
             no_code_reason=why,
         )
@@ -500,6 +525,7 @@ class MemlinePlugin:
             _report.write_atomic(
                 s.json_report,
                 _report.json_report(
+                    metric=s.metric,
                     python=python_version(),
                     platform=platform_tag(),
                     baseline=s.compare,
@@ -539,6 +565,8 @@ class MemlinePlugin:
         if s.compare is not None:
             tr.write_sep("=", f"memline: against {_settings.display(s.compare)}")
             counts = ", ".join(f"{summary[k]} {k}" for k in ("regressed", "improved", "unchanged", "new"))
+            if summary["refused"]:
+                counts += f", {summary['refused']} refused (another metric)"
             tr.write_line(f"{counts}, {len(summary['gone'])} gone")
             for delta, nodeid, group in self.gate.biggest():
                 tr.write_line(f"  {signed_mib(delta):>12}  {nodeid}  {describe_group(group)}")

@@ -140,7 +140,7 @@ class MemoryTable:
 
     def metric_label(self) -> str:
         if self.metric == "heap":
-            return "Python heap (tracemalloc)"
+            return "Python heap (tracemalloc: allocated bytes, the same on every run)"
         kind = "exact in-line peak" if self.exact_peak else "peak sampled at line boundaries"
         return f"RSS of the whole process, {kind}"
 
@@ -229,6 +229,11 @@ def build_table(
     occurrences)`` for the lines that ran."""
     all_notes = list(notes)
     rows: list[LineRow] = []
+    if metric == "heap":
+        # tracemalloc counts from when the trace started: show the heap relative to the start
+        # of the test's body, which is the same on every run (the set-up before it is not)
+        lines = [(ln, inc, pk, mem - start_rss, occ) for ln, inc, pk, mem, occ in lines]
+        start_rss, end_rss = 0, end_rss - start_rss
     if code is None:
         function, filename = "?", "?"
         all_notes.append(no_code_reason or "no per-line view: the test has no Python code object")

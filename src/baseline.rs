@@ -40,6 +40,9 @@ pub const VERSION: u32 = 1;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// Set when this test was measured with another metric than the file's (a marker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
     pub outcome: String,
     pub function: String,
     pub filename: String,
@@ -123,6 +126,11 @@ impl Baseline {
             .map_err(|e| format!("its contents do not match the format ({e})"))
     }
 
+    /// The metric of a test's entry (its own, else the file's).
+    pub fn metric_of<'a>(&'a self, entry: &'a Entry) -> &'a str {
+        entry.metric.as_deref().unwrap_or(&self.metric)
+    }
+
     /// Loads a baseline file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let text = match fs::read_to_string(path) {
@@ -147,6 +155,9 @@ impl Baseline {
         for (i, (id, e)) in self.tests.iter().enumerate() {
             out.push_str(if i == 0 { "\n" } else { ",\n" });
             out.push_str(&format!("    {}: {{\n", s(id)));
+            if let Some(metric) = &e.metric {
+                out.push_str(&format!("      \"metric\": {},\n", s(metric)));
+            }
             out.push_str(&format!("      \"outcome\": {},\n", s(&e.outcome)));
             out.push_str(&format!("      \"function\": {},\n", s(&e.function)));
             out.push_str(&format!("      \"filename\": {},\n", s(&e.filename)));
@@ -308,6 +319,7 @@ mod tests {
 
     fn entry(peak: i64) -> Entry {
         Entry {
+            metric: None,
             outcome: "passed".into(),
             function: "test_x".into(),
             filename: "tests/test_x.py".into(),
@@ -343,8 +355,13 @@ mod tests {
 
     #[test]
     fn text_roundtrips_and_is_stable() {
-        let b = baseline(&[("t.py::b", 5), ("t.py::a[x-1]", -3)]);
+        let mut b = baseline(&[("t.py::b", 5), ("t.py::a[x-1]", -3)]);
+        b.tests.get_mut("t.py::b").unwrap().metric = Some("heap".into());
         let text = b.to_text();
+        assert!(
+            text.contains("\"metric\": \"heap\",\n      \"outcome\""),
+            "{text}"
+        );
         assert_eq!(Baseline::parse(&text).unwrap(), b);
         assert_eq!(Baseline::parse(&text).unwrap().to_text(), text);
         assert!(text.find("t.py::a[x-1]").unwrap() < text.find("t.py::b").unwrap());

@@ -18,7 +18,7 @@ pub struct Row {
     pub peak: Option<i64>,
     #[serde(default)]
     pub occurrences: u64,
-    pub mem_usage: Option<u64>,
+    pub mem_usage: Option<i64>,
 }
 
 impl Row {
@@ -39,7 +39,7 @@ impl Row {
         }
         let (mem, inc, peak, occ) = if self.ran() {
             (
-                mib(self.mem_usage.unwrap_or(0) as i64),
+                mib(self.mem_usage.unwrap_or(0)),
                 mib(self.increment.unwrap_or(0)),
                 mib(self.peak.unwrap_or(0)),
                 self.occurrences.to_string(),
@@ -312,7 +312,7 @@ mod tests {
             increment: Some(inc),
             peak: Some(peak),
             occurrences: 1,
-            mem_usage: Some(100 * M as u64),
+            mem_usage: Some(100 * M),
         }
     }
 

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 pub mod baseline;
 pub mod config;
 pub mod diff;
+mod heap;
 pub mod lines;
 mod pyapi;
 mod pybaseline;

@@ -92,6 +92,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// `start_rss`: the reading when the trace starts, used until the first line rebases it.
     pub fn new(start_rss: u64) -> Self {
         Recorder {
             functions: Vec::new(),
@@ -127,9 +128,18 @@ impl Recorder {
     }
 
     /// Line `line` of function `func` starts: closes the function's previous line, opens this one.
+    /// The first line of the trace rebases it: the totals count from the start of the traced
+    /// body, not from the caller's set-up before it (which varies from run to run).
     #[inline]
     pub fn line(&mut self, func: usize, line: u32, rss: u64, high: u64) {
-        self.observe(rss, high);
+        if self.samples == 0 {
+            self.start_rss = rss;
+            self.high_rss = rss;
+            self.samples = 1;
+            self.last_rss = rss;
+        } else {
+            self.observe(rss, high);
+        }
         let record = &mut self.functions[func];
         let was_open = record.open.is_some();
         record.close(rss);
@@ -270,6 +280,18 @@ mod tests {
             2,
             "line 3 is charged to the first line"
         );
+    }
+
+    #[test]
+    fn the_first_line_rebases_the_totals() {
+        let mut r = Recorder::new(100);
+        let f = r.add_function(1, 2);
+        // set-up before the body peaked at 500 and left 120 behind: not the test's
+        r.line(f, 2, 120, 500);
+        r.line(f, 3, 150, 160);
+        r.finish(150, 150);
+        assert_eq!(r.start_rss, 120);
+        assert_eq!(r.peak_growth(), 40);
     }
 
     #[test]

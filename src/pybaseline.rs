@@ -82,7 +82,9 @@ impl PyBaseline {
     /// Compares `current` (an entry as JSON text) with the entry of `nodeid`; None when the
     /// baseline has no entry for it. Returns `{"status", "old_peak_growth", "changes": [...],
     /// "diff": [(tag, text, regressed), ...]}`.
-    #[pyo3(signature = (nodeid, current, *, tolerance, noise_floor, context = 3))]
+    /// ValueError when the entry holds another metric than `metric`.
+    #[pyo3(signature = (nodeid, current, *, tolerance, noise_floor, metric = "rss", context = 3))]
+    #[allow(clippy::too_many_arguments)]
     fn compare<'py>(
         &self,
         py: Python<'py>,
@@ -90,11 +92,21 @@ impl PyBaseline {
         current: &str,
         tolerance: f64,
         noise_floor: u64,
+        metric: &str,
         context: usize,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(old) = self.inner.tests.get(nodeid) else {
             return Ok(None);
         };
+        let old_metric = self.inner.metric_of(old);
+        if old_metric != metric {
+            return Err(PyValueError::new_err(format!(
+                "the baseline entry of {nodeid} in {} holds the {old_metric:?} metric and this \
+                 test measures {metric:?}: comparing across metrics is refused; save the \
+                 baseline again",
+                self.path
+            )));
+        }
         let new = parse_entry(current)?;
         let t = Thresholds {
             tolerance,
@@ -179,7 +191,7 @@ fn render_row(
     increment: Option<i64>,
     peak: Option<i64>,
     occurrences: u64,
-    mem_usage: Option<u64>,
+    mem_usage: Option<i64>,
 ) -> String {
     Row {
         line,

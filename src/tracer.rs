@@ -22,6 +22,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyList, PyTuple};
 
+use crate::heap::HeapMeter;
 use crate::lines::Recorder;
 use crate::rss::{ReaderKind, RssReader};
 
@@ -60,6 +61,8 @@ struct Activation {
 struct Session {
     recorder: Recorder,
     reader: RssReader,
+    /// The `heap` metric's meter: when set, samples come from tracemalloc, not from `reader`.
+    heap: Option<HeapMeter>,
     exact_peak: bool,
     backend: Backend,
     /// Traced code objects (strong references), and their raw pointers for the lookups.
@@ -109,6 +112,14 @@ impl Session {
     /// Reads RSS (and the peak since the last reset); `None` (and an error noted) on failure.
     #[inline]
     fn sample(&mut self) -> Option<(u64, u64)> {
+        if let Some(heap) = &self.heap {
+            let sampled = heap.sample();
+            if sampled.is_none() {
+                self.error
+                    .get_or_insert("tracemalloc stopped during the trace");
+            }
+            return sampled;
+        }
         let Some(rss) = self.reader.current() else {
             self.error
                 .get_or_insert("reading RSS failed during the trace");
@@ -124,6 +135,10 @@ impl Session {
 
     #[inline]
     fn reset_peak(&mut self) {
+        if let Some(heap) = &self.heap {
+            heap.reset();
+            return;
+        }
         if self.exact_peak {
             self.reader.reset_peak();
         }
@@ -532,6 +547,8 @@ pub struct TraceResult {
     peak_growth: i64,
     exact_peak: bool,
     reader: &'static str,
+    /// "rss" or "heap".
+    metric: &'static str,
     backend: &'static str,
     /// Why the peak is not exact, when it is not.
     peak_note: Option<String>,
@@ -559,13 +576,14 @@ impl TraceResult {
 
 /// Starts tracing the given code objects on the calling thread.
 #[pyfunction]
-#[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto"))]
+#[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto", metric = "rss"))]
 pub fn start(
     py: Python<'_>,
     codes: &Bound<'_, PyList>,
     peak: bool,
     reader: &str,
     backend: &str,
+    metric: &str,
 ) -> PyResult<()> {
     // SAFETY: GIL held.
     if unsafe { session() }.is_some() {
@@ -589,6 +607,15 @@ pub fn start(
         }
     };
     let kind = ReaderKind::parse(reader).map_err(PyValueError::new_err)?;
+    let heap = match metric {
+        "rss" => None,
+        "heap" => Some(HeapMeter::open(py)?),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown metric {other:?}: expected 'rss' or 'heap'"
+            )))
+        }
+    };
     let code_type = py.import("types")?.getattr("CodeType")?;
     let mut code_objs = Vec::with_capacity(codes.len());
     let mut firsts = Vec::with_capacity(codes.len());
@@ -605,12 +632,21 @@ pub fn start(
         gens.push(flags & CO_GENERATOR_LIKE != 0);
         code_objs.push(code.unbind());
     }
-    let mut rss = RssReader::open(kind, peak).map_err(PyRuntimeError::new_err)?;
-    let exact_peak = rss.exact_peak();
-    rss.reset_peak();
-    let start_rss = rss
-        .current()
-        .ok_or_else(|| PyRuntimeError::new_err("memline: cannot read RSS"))?;
+    let mut rss = RssReader::open(kind, peak && heap.is_none()).map_err(PyRuntimeError::new_err)?;
+    let exact_peak = heap.is_some() || rss.exact_peak();
+    let start_rss = match &heap {
+        Some(h) => {
+            h.reset();
+            h.sample()
+                .ok_or_else(|| PyRuntimeError::new_err("memline: cannot read tracemalloc"))?
+                .0
+        }
+        None => {
+            rss.reset_peak();
+            rss.current()
+                .ok_or_else(|| PyRuntimeError::new_err("memline: cannot read RSS"))?
+        }
+    };
     let mut recorder = Recorder::new(start_rss);
     for first in &firsts {
         recorder.add_function(*first, LINE_SLOTS);
@@ -619,6 +655,7 @@ pub fn start(
     let mut s = Box::new(Session {
         recorder,
         reader: rss,
+        heap,
         exact_peak,
         backend,
         codes: code_objs,
@@ -665,10 +702,19 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
             None
         }
     };
-    let (rss, high) = s
-        .sample()
-        .unwrap_or((s.recorder.last_rss, s.recorder.last_rss));
+    // When every traced function has returned (its last line closed at that moment), the trace
+    // ends there: a sample now would add the caller's unwinding to the test's numbers.
+    let returned = s.stack.is_empty() && s.suspended.is_empty() && s.recorder.samples > 1;
+    let (rss, high) = if returned {
+        (s.recorder.last_rss, s.recorder.last_rss)
+    } else {
+        s.sample()
+            .unwrap_or((s.recorder.last_rss, s.recorder.last_rss))
+    };
     s.recorder.finish(rss, high);
+    if let Some(heap) = &s.heap {
+        heap.close(py)?;
+    }
     let mut functions = Vec::with_capacity(s.recorder.functions.len());
     for (record, code) in s.recorder.functions.iter().zip(&s.codes) {
         let lines = record
@@ -689,9 +735,18 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
         high_rss: s.recorder.high_rss,
         peak_growth: s.recorder.peak_growth(),
         exact_peak: s.exact_peak,
-        reader: s.reader.describe(),
+        reader: if s.heap.is_some() {
+            "tracemalloc"
+        } else {
+            s.reader.describe()
+        },
+        metric: if s.heap.is_some() { "heap" } else { "rss" },
         backend: s.backend.name(),
-        peak_note: s.reader.peak_unavailable.clone(),
+        peak_note: if s.heap.is_some() {
+            None
+        } else {
+            s.reader.peak_unavailable.clone()
+        },
         interrupted,
         chain_note: s.chain_note.take(),
         error: s.error.map(str::to_string),
