@@ -118,6 +118,7 @@ class Settings:
     json_report: str | None = None
     markdown_report: str | None = None
     metric: str = "rss"
+    include: tuple[str, ...] = ()
 
     def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
         """Value by value: the marker, then the first matching rule, then the run's defaults."""
@@ -269,9 +270,52 @@ def resolve(
         save=baseline_path("memline_save"),
         compare=baseline_path("memline_compare"),
         metric=pick("memline_metric", "metric", "rss"),
+        include=_include(options, cfg),
         json_report=report_path("memline_json"),
         markdown_report=report_path("memline_markdown"),
     )
+
+
+def _include(options: Any, cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Module names from ``--memline-include`` (comma-separated, repeatable), else the config."""
+    given = getattr(options, "memline_include", None)
+    if given is None:
+        return tuple(cfg.get("include") or ())
+    names = tuple(n.strip() for arg in given for n in arg.split(",") if n.strip())
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise pytest.UsageError(
+                f"memline: --memline-include: {name!r} is not a module name (e.g. mypkg or mypkg.io)"
+            )
+    return names
+
+
+def include_paths(names: tuple[str, ...]) -> list[str]:
+    """The files (and, for packages, folders ending in a separator) of the included modules.
+
+    Found without importing the modules themselves (a package's parent is imported to find a
+    submodule). A name that cannot be found is a usage error."""
+    import importlib.util
+
+    paths: list[str] = []
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError) as exc:
+            spec = None
+            why = f" ({exc})"
+        else:
+            why = ""
+        if spec is None:
+            raise pytest.UsageError(
+                f"memline: include: module {name!r} cannot be found{why}; is it importable from "
+                f"here (installed, or on sys.path)?"
+            )
+        for folder in spec.submodule_search_locations or ():
+            paths.append(os.path.join(folder, ""))
+        if spec.origin and spec.has_location and not spec.submodule_search_locations:
+            paths.append(spec.origin)
+    return paths
 
 
 def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:

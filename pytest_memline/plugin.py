@@ -12,6 +12,7 @@ controller alone prints the summary and writes baselines and reports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import inspect
 import types
@@ -134,6 +135,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(Python-visible allocated bytes from tracemalloc: the same on every run).",
     )
     group.addoption(
+        "--memline-include",
+        action="append",
+        default=None,
+        metavar="MODULES",
+        help="also give a table to every function of these modules (comma-separated, "
+        "repeatable; a package includes its submodules) that the tests call.",
+    )
+    group.addoption(
         "--memline-save",
         nargs="?",
         const="",
@@ -226,8 +235,15 @@ class TestOutcome:
     limits: TestLimits
     violations: list[Any]  # _budget.Violation
     comparison: Any  # _gate.Comparison | None
+    included: tuple[Any, ...] = ()  # MemoryTables of the `include`d functions the test called
 
     __test__ = False
+
+    def render_tables(self) -> str:
+        """The test's table, then the tables of the included functions it called."""
+        parts = [self.table.render()]
+        parts += [t.render() for t in self.included]
+        return "\n\n".join(parts)
 
     @property
     def failed(self) -> bool:
@@ -264,6 +280,8 @@ class MemlinePlugin:
         self.is_worker = hasattr(config, "workerinput")
         self.probe = _memline.probe_reader(settings.reader, settings.peak)
         _register_fork_handler(_memline)
+        # resolved after collection, when the test modules (and sys.path entries) are in place
+        self.include_paths: list[str] = []
         self.gate = Gate(settings, config.rootpath)
         self.gate.load()
         # session-wide results, kept small: the top lines, tables only when shown
@@ -317,6 +335,8 @@ class MemlinePlugin:
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.collected.update(item.nodeid for item in items)
+        if self.settings.include and not self.include_paths:
+            self.include_paths = _settings.include_paths(self.settings.include)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.collected.update(item.nodeid for item in items)
@@ -364,6 +384,7 @@ class MemlinePlugin:
             reader=s.reader,
             backend=s.backend,
             metric=metric,
+            include=self.include_paths,
         )
         try:
             result = yield
@@ -395,10 +416,12 @@ class MemlinePlugin:
                 "the test started threads: RSS is per process, so their memory is in these "
                 "numbers, but their lines are not traced"
             )
+        functions = list(trace.functions)
+        own = functions.pop(0) if code is not None and functions else None
         table = build_table(
             title=item.nodeid,
             code=code,
-            lines=trace.functions[0].lines if trace.functions else [],
+            lines=own.lines if own is not None else [],
             start_rss=trace.start_rss,
             end_rss=trace.end_rss,
             peak_growth=trace.peak_growth,
@@ -413,7 +436,23 @@ class MemlinePlugin:
         marks = {v.lineno for v in violations if v.lineno is not None}
         if comparison is not None and comparison.regressed:
             marks |= {c["line"] for c in comparison.changes if c["line"] is not None}
-        return TestOutcome(table.with_marks(marks), limits, violations, comparison)
+        included = tuple(
+            dataclasses.replace(
+                build_table(
+                    title=f"{item.nodeid} > included {f.code.co_qualname}",
+                    code=f.code,
+                    lines=f.lines,
+                    start_rss=trace.start_rss,
+                    end_rss=trace.end_rss,
+                    peak_growth=max((pk for _, _, pk, _, _ in f.lines), default=0),
+                    exact_peak=trace.exact_peak,
+                    metric=trace.metric,
+                ),
+                role="included",
+            )
+            for f in functions
+        )
+        return TestOutcome(table.with_marks(marks), limits, violations, comparison, included)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -432,7 +471,7 @@ class MemlinePlugin:
             comparison = outcome.comparison
             if comparison is not None and comparison.diff and outcome.failed:
                 report.sections.append((SECTION_DIFF, render_diff(comparison)))
-            text = table.render() if self.settings.tables != "none" else ""
+            text = outcome.render_tables() if self.settings.tables != "none" else ""
             if outcome.failed and not self._failed_by_memline(report):
                 # the test failed on its own: say what memline found too
                 text = outcome.message() + ("\n\n" + text if text else "")
@@ -443,6 +482,7 @@ class MemlinePlugin:
             "marked": sorted(table.marked),
             "violations": [v.message(table) for v in outcome.violations],
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
+            "included": [t.to_dict() for t in outcome.included],
         }
         return report
 
@@ -466,8 +506,9 @@ class MemlinePlugin:
         self.gate.record(report.nodeid, table, report.passed, comparison)
         self._colour_diff(report, comparison, render_diff)
         self._remember_top(report.nodeid, table)
+        included = [MemoryTable.from_dict(t) for t in data.get("included") or ()]
         if self.settings.tables == "all":
-            self.tables.append(table.render())
+            self.tables.append("\n\n".join(t.render() for t in [table, *included]))
         if self.settings.json_report is not None:
             self.json_tests[report.nodeid] = {
                 "outcome": report.outcome,
@@ -475,6 +516,7 @@ class MemlinePlugin:
                 "violations": data["violations"],
                 "table": data["table"],
                 "comparison": data.get("comparison"),
+                "included": data.get("included") or [],
             }
 
     def _colour_diff(self, report: pytest.TestReport, comparison: Any, render_diff: Any) -> None:

@@ -90,6 +90,9 @@ class MemoryTable:
     metric: str = "rss"
     notes: tuple[str, ...] = ()
     marked: frozenset[int] = field(default_factory=frozenset)
+    #: "test" (or a profiled function), or "included": a function of an ``include``d module that
+    #: the test called (its lines are also charged to the test's calling line).
+    role: str = "test"
 
     @property
     def lines(self) -> tuple[LineRow, ...]:
@@ -117,11 +120,18 @@ class MemoryTable:
         out: list[str] = []
         if header:
             out.append(f"{self.title}  ({self.function} in {_display_path(self.filename)})")
-            summary = (
-                f"{self.metric_label()}: start {mib(self.start_rss)}, "
-                f"peak growth {signed_mib(self.peak_growth)}, "
-                f"end {signed_mib(self.end_rss - self.start_rss)}"
-            )
+            if self.role == "included":
+                summary = (
+                    f"{self.metric_label()}: included function called by the test; its lines "
+                    f"are also charged to the test's calling line; highest in-line peak "
+                    f"{signed_mib(self.peak_growth)}"
+                )
+            else:
+                summary = (
+                    f"{self.metric_label()}: start {mib(self.start_rss)}, "
+                    f"peak growth {signed_mib(self.peak_growth)}, "
+                    f"end {signed_mib(self.end_rss - self.start_rss)}"
+                )
             out.append(summary)
             out.extend(f"note: {n}" for n in self.notes)
             out.append("")
@@ -155,6 +165,7 @@ class MemoryTable:
             "peak_growth": self.peak_growth,
             "exact_peak": self.exact_peak,
             "notes": list(self.notes),
+            "role": self.role,
             "lines": [r.to_dict() for r in self.rows],
         }
 
@@ -171,6 +182,7 @@ class MemoryTable:
             exact_peak=bool(d["exact_peak"]),
             metric=str(d.get("metric", "rss")),
             notes=tuple(str(n) for n in d.get("notes", ())),
+            role=str(d.get("role", "test")),
         )
 
 

@@ -14,6 +14,7 @@
 //! chained previous tracer, which is called before the state is borrowed.
 
 use std::cell::UnsafeCell;
+use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -82,6 +83,14 @@ struct Session {
     thread: *mut ffi::PyThreadState,
     /// The first problem met inside a callback, raised or reported when the trace stops.
     error: Option<&'static str>,
+    /// `include`: functions whose file is one of these (a path ending in `/` is a folder) are
+    /// traced too, found as they are first called; `seen` remembers every code object looked at
+    /// (holding it, so that its address cannot be reused by another during the trace).
+    include: Vec<String>,
+    seen: HashMap<usize, (Py<PyAny>, Option<usize>)>,
+    /// monitoring with `include`: `sys.monitoring.set_local_events` and `DISABLE`.
+    mon_set_local: Option<Py<PyAny>>,
+    mon_disable: Option<Py<PyAny>>,
 }
 
 struct GilCell<T>(UnsafeCell<T>);
@@ -107,6 +116,49 @@ impl Session {
     #[inline]
     fn index_of(&self, code: *mut ffi::PyObject) -> Option<usize> {
         self.code_ptrs.iter().position(|&c| c == code)
+    }
+
+    /// A code object called for the first time: is it in an `include`d file? If so it becomes a
+    /// traced function (its index returned). Allocates, but once per code object, on calls only.
+    fn discover(&mut self, py: Python<'_>, code: *mut ffi::PyObject) -> Option<usize> {
+        if self.include.is_empty() {
+            return None;
+        }
+        if let Some((_, found)) = self.seen.get(&(code as usize)) {
+            return *found;
+        }
+        // SAFETY: `code` is a live code object (the caller's frame holds it).
+        let obj = unsafe { Bound::from_borrowed_ptr(py, code) };
+        let filename: Option<String> = obj.getattr("co_filename").and_then(|f| f.extract()).ok();
+        let included = filename.is_some_and(|f| {
+            self.include.iter().any(|p| {
+                if p.ends_with('/') {
+                    f.starts_with(p.as_str())
+                } else {
+                    f == *p
+                }
+            })
+        });
+        let found = if included {
+            self.add_code(&obj).ok()
+        } else {
+            None
+        };
+        if found.is_none() {
+            PyErr::take(py);
+        }
+        self.seen.insert(code as usize, (obj.unbind(), found));
+        found
+    }
+
+    /// Makes `code` a traced function; returns its index.
+    fn add_code(&mut self, code: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let first = code.getattr("co_firstlineno")?.extract::<u32>()?;
+        let flags: c_int = code.getattr("co_flags")?.extract()?;
+        self.generator_like.push(flags & CO_GENERATOR_LIKE != 0);
+        self.code_ptrs.push(code.as_ptr());
+        self.codes.push(code.clone().unbind());
+        Ok(self.recorder.add_function(first, LINE_SLOTS))
     }
 
     /// Reads RSS (and the peak since the last reset); `None` (and an error noted) on failure.
@@ -237,7 +289,11 @@ unsafe extern "C" fn trace_callback(
                 let code = ffi::PyFrame_GetCode(frame) as *mut ffi::PyObject;
                 // The frame keeps its code alive: a borrowed pointer is enough.
                 ffi::Py_DECREF(code);
-                if let Some(func) = s.index_of(code) {
+                let func = match s.index_of(code) {
+                    Some(func) => Some(func),
+                    None => s.discover(Python::assume_attached(), code),
+                };
+                if let Some(func) = func {
                     let fresh = ffi::PyFrame_GetLasti(frame) < 0;
                     s.enter(func, frame as usize, fresh);
                 }
@@ -357,6 +413,8 @@ const EV_PY_RESUME: u32 = 1 << 1;
 const EV_PY_RETURN: u32 = 1 << 2;
 const EV_PY_YIELD: u32 = 1 << 3;
 const EV_PY_UNWIND: u32 = 1 << 14;
+/// The events enabled on each traced code object.
+const LOCAL_EVENTS: u32 = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | EV_PY_YIELD;
 /// Tool ids we may take, in order of preference: 0 (debugger), 1 (coverage) and 5
 /// (optimizer) are left to their owners.
 const TOOL_IDS: [u8; 3] = [2, 3, 4];
@@ -400,13 +458,47 @@ fn _mon_line(code: &Bound<'_, PyAny>, line: c_int) {
 
 #[pyfunction]
 #[pyo3(signature = (code, _offset))]
-fn _mon_start(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) {
+fn _mon_start(py: Python<'_>, code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) -> Py<PyAny> {
+    let mut answer = py.None();
     guarded(|| {
         // SAFETY: GIL held.
         if let Some((s, func)) = unsafe { monitoring_session(code) } {
             s.enter(func, code.as_ptr() as usize, true);
+            return;
         }
-    })
+        // PY_START is global only with `include`: a code object seen for the first time.
+        // SAFETY: GIL held.
+        let Some(s) = (unsafe { session() }) else {
+            return;
+        };
+        if s.backend != Backend::Monitoring || s.include.is_empty() {
+            return;
+        }
+        let same_thread = unsafe { ffi::PyThreadState_Get() } == s.thread;
+        match s.discover(py, code.as_ptr()) {
+            Some(func) => {
+                let enabled = match (&s.mon_set_local, s.tool_id) {
+                    (Some(set_local), Some(id)) => {
+                        set_local.call1(py, (id, code, LOCAL_EVENTS)).is_ok()
+                    }
+                    _ => false,
+                };
+                if !enabled {
+                    s.error
+                        .get_or_insert("could not enable line events on an included function");
+                } else if same_thread {
+                    s.enter(func, code.as_ptr() as usize, true);
+                }
+            }
+            // Not ours: never report this code's starts to us again (until `restart_events`).
+            None => {
+                if let Some(disable) = &s.mon_disable {
+                    answer = disable.clone_ref(py);
+                }
+            }
+        }
+    });
+    answer
 }
 
 #[pyfunction]
@@ -480,10 +572,18 @@ fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
     register(EV_PY_YIELD, "_mon_yield")?;
     register(EV_PY_UNWIND, "_mon_return")?;
     // PY_UNWIND cannot be enabled per code object: it is global, and cheap (exceptions only).
-    mon.call_method1("set_events", (id, EV_PY_UNWIND))?;
-    let local = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | EV_PY_YIELD;
+    // With `include`, PY_START is global too: included functions are found as they start, and
+    // every other code object is disabled at its first start.
+    let global = if s.include.is_empty() {
+        EV_PY_UNWIND
+    } else {
+        s.mon_set_local = Some(mon.getattr("set_local_events")?.unbind());
+        s.mon_disable = Some(mon.getattr("DISABLE")?.unbind());
+        EV_PY_UNWIND | EV_PY_START
+    };
+    mon.call_method1("set_events", (id, global))?;
     for code in &s.codes {
-        mon.call_method1("set_local_events", (id, code.bind(py), local))?;
+        mon.call_method1("set_local_events", (id, code.bind(py), LOCAL_EVENTS))?;
     }
     Ok(())
 }
@@ -513,6 +613,12 @@ fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
         mon.call_method1("register_callback", (id, event, py.None()))?;
     }
     mon.call_method1("free_tool_id", (id,))?;
+    if s.mon_disable.is_some() {
+        // `include` disabled PY_START on every other code object for our id: re-enable, so that
+        // whoever takes the id next starts clean (this re-enables other tools' too, which they
+        // tolerate: events they had disabled come once more).
+        mon.call_method0("restart_events")?;
+    }
     Ok(())
 }
 
@@ -576,7 +682,7 @@ impl TraceResult {
 
 /// Starts tracing the given code objects on the calling thread.
 #[pyfunction]
-#[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto", metric = "rss"))]
+#[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto", metric = "rss", include = Vec::new()))]
 pub fn start(
     py: Python<'_>,
     codes: &Bound<'_, PyList>,
@@ -584,6 +690,7 @@ pub fn start(
     reader: &str,
     backend: &str,
     metric: &str,
+    include: Vec<String>,
 ) -> PyResult<()> {
     // SAFETY: GIL held.
     if unsafe { session() }.is_some() {
@@ -670,6 +777,10 @@ pub fn start(
         tool_id: None,
         thread: std::ptr::null_mut(),
         error: None,
+        include,
+        seen: HashMap::new(),
+        mon_set_local: None,
+        mon_disable: None,
     });
     match backend {
         Backend::SetTrace => install_settrace(py, &mut s)?,
