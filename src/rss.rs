@@ -73,7 +73,14 @@ impl RssReader {
             buf: [0; 128],
         };
         if reader.current().is_none() {
-            return Err("could not read the resident set size of this process".into());
+            let hint = if cfg!(target_os = "linux") {
+                " (is /proc mounted?)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "could not read the resident set size of this process{hint}"
+            ));
         }
         if !want_peak {
             reader.peak_unavailable = Some("in-line peak turned off".into());
@@ -88,6 +95,13 @@ impl RssReader {
                         reader.clear_refs = None;
                         reader.peak_unavailable = Some(
                             "/proc/self/clear_refs cannot reset the peak here; Peak falls back to Increment"
+                                .into(),
+                        );
+                    } else if !reset_really_works(&mut reader) {
+                        reader.clear_refs = None;
+                        reader.peak_unavailable = Some(
+                            "writing to /proc/self/clear_refs does not reset the peak here (masked?); \
+                             Peak falls back to Increment"
                                 .into(),
                         );
                     }
@@ -194,6 +208,47 @@ impl RssReader {
             None
         }
     }
+}
+
+/// Whether a write to clear_refs really resets the peak: a sandbox may mask the file with
+/// `/dev/null`, where writes succeed and change nothing. Checked once per process: touch and
+/// unmap 4 MiB (the peak is now at least 4 MiB above the current RSS), reset, read the peak.
+#[cfg(target_os = "linux")]
+fn reset_really_works(reader: &mut RssReader) -> bool {
+    use std::sync::OnceLock;
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        const PROBE: usize = 4 << 20;
+        // a few tries: another thread allocating between the reset and the read spoils one
+        (0..3).any(|_| {
+            // SAFETY: a private anonymous mapping, written only within its length, then unmapped.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    PROBE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    return true; // cannot check: trust the write
+                }
+                std::ptr::write_bytes(p.cast::<u8>(), 1, PROBE);
+                libc::munmap(p, PROBE);
+            }
+            let reset = reader.reset_peak();
+            match (reader.current(), reader.peak_since_reset()) {
+                (Some(rss), Some(peak)) => reset && peak < rss + (PROBE as u64) / 2,
+                _ => false,
+            }
+        })
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reset_really_works(_reader: &mut RssReader) -> bool {
+    false
 }
 
 #[cfg(target_os = "linux")]
