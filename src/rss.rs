@@ -54,6 +54,12 @@ pub struct RssReader {
     /// The process this reader reads (a forked child must not use the parent's fds).
     pub pid: u32,
     buf: [u8; 128],
+    /// `ru_maxrss` never goes below the RSS of the image this process was exec'd from (the
+    /// kernel keeps it in the signal struct, which clear_refs does not reset): a pytest started
+    /// by a bigger process (pytester, tox, an IDE, an xdist controller) starts with a floor.
+    /// Peaks at or below it are read from `/proc/self/status` (VmHWM) instead.
+    maxrss_floor: u64,
+    status: Option<File>,
 }
 
 impl RssReader {
@@ -71,6 +77,8 @@ impl RssReader {
             peak_unavailable: None,
             pid,
             buf: [0; 128],
+            maxrss_floor: 0,
+            status: None,
         };
         if reader.current().is_none() {
             let hint = if cfg!(target_os = "linux") {
@@ -95,6 +103,13 @@ impl RssReader {
                         reader.clear_refs = None;
                         reader.peak_unavailable = Some(
                             "/proc/self/clear_refs cannot reset the peak here; Peak falls back to Increment"
+                                .into(),
+                        );
+                    } else if !reader.find_maxrss_floor() {
+                        reader.clear_refs = None;
+                        reader.peak_unavailable = Some(
+                            "ru_maxrss is held up by the parent process and /proc/self/status \
+                             cannot be read; Peak falls back to Increment"
                                 .into(),
                         );
                     } else if !reset_really_works(&mut reader) {
@@ -188,9 +203,63 @@ impl RssReader {
         false
     }
 
-    /// Peak RSS in bytes since the last `reset_peak` (getrusage's ru_maxrss, in KiB on Linux).
+    /// After a reset: if `ru_maxrss` stays above the current RSS, it is floored by the image
+    /// this process was exec'd from; remember the floor and open `/proc/self/status`.
+    /// False when there is a floor and no way around it.
+    fn find_maxrss_floor(&mut self) -> bool {
+        let (Some(rss), Some(maxrss)) = (self.current(), self.maxrss()) else {
+            return false;
+        };
+        if maxrss <= rss + (1 << 20) {
+            return true;
+        }
+        self.maxrss_floor = maxrss;
+        self.status = File::open("/proc/self/status").ok();
+        self.status_hwm().is_some()
+    }
+
+    /// VmHWM read through a fresh open of `/proc/self/status` (for the one-off check).
+    fn status_hwm_once(&self) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            let text = std::fs::read("/proc/self/status").ok()?;
+            parse_status_hwm(&text)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// VmHWM from `/proc/self/status`, in bytes (slower than getrusage: used below the floor).
+    fn status_hwm(&self) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::FileExt;
+            let mut buf = [0u8; 4096];
+            let n = self.status.as_ref()?.read_at(&mut buf, 0).ok()?;
+            parse_status_hwm(&buf[..n])
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// Peak RSS in bytes since the last `reset_peak`: getrusage's ru_maxrss, or VmHWM when
+    /// ru_maxrss is at its floor (see `maxrss_floor`).
     #[inline]
     pub fn peak_since_reset(&self) -> Option<u64> {
+        let peak = self.maxrss()?;
+        if peak > self.maxrss_floor {
+            return Some(peak);
+        }
+        self.status_hwm()
+    }
+
+    /// getrusage's ru_maxrss (KiB on Linux), in bytes.
+    #[inline]
+    fn maxrss(&self) -> Option<u64> {
         #[cfg(unix)]
         {
             let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
@@ -238,7 +307,11 @@ fn reset_really_works(reader: &mut RssReader) -> bool {
                 libc::munmap(p, PROBE);
             }
             let reset = reader.reset_peak();
-            match (reader.current(), reader.peak_since_reset()) {
+            // VmHWM when readable: ru_maxrss may be floored by the parent (see maxrss_floor)
+            let peak = reader
+                .status_hwm_once()
+                .or_else(|| reader.peak_since_reset());
+            match (reader.current(), peak) {
                 (Some(rss), Some(peak)) => reset && peak < rss + (PROBE as u64) / 2,
                 _ => false,
             }
@@ -262,6 +335,21 @@ fn open_clear_refs() -> Result<File, String> {
 #[cfg(not(target_os = "linux"))]
 fn open_clear_refs() -> Result<File, String> {
     Err("no /proc/self/clear_refs on this platform".into())
+}
+
+/// `VmHWM:    1234 kB` from `/proc/self/status`, in bytes.
+pub fn parse_status_hwm(buf: &[u8]) -> Option<u64> {
+    let line = buf
+        .split(|&b| b == b'\n')
+        .find(|l| l.starts_with(b"VmHWM:"))?;
+    let digits: Vec<u8> = line[6..]
+        .iter()
+        .copied()
+        .skip_while(|b| !b.is_ascii_digit())
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    let kib: u64 = std::str::from_utf8(&digits).ok()?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The second field of `/proc/self/statm`: resident pages.
@@ -297,6 +385,14 @@ mod tests {
         assert_eq!(parse_statm_resident(b"5000 12a4 3"), None);
         assert_eq!(parse_statm_resident(b""), None);
         assert_eq!(parse_statm_resident(b"1  2"), None);
+    }
+
+    #[test]
+    fn status_hwm_parsing() {
+        let status = b"Name:\tpython\nVmPeak:\t  300 kB\nVmHWM:\t   140696 kB\nVmRSS:\t 9800 kB\n";
+        assert_eq!(parse_status_hwm(status), Some(140696 * 1024));
+        assert_eq!(parse_status_hwm(b"VmRSS:\t1 kB\n"), None);
+        assert_eq!(parse_status_hwm(b"VmHWM:\t kB\n"), None);
     }
 
     #[test]

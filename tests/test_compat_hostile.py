@@ -390,3 +390,24 @@ def test_fuzz_sizes_config_and_baselines(tmp_path: Path) -> None:
     baselines_load_or_refuse()
     _no_panic(_memline.Baseline.load, str(tmp_path / "missing.json"))
     assert hypothesis.__version__
+
+
+def test_started_by_a_bigger_process_keeps_the_exact_peak(pytester: pytest.Pytester) -> None:
+    """ru_maxrss of a process never drops below the RSS of the image it was exec'd from, and
+    clear_refs does not reset that part: pytest started by a bigger process (tox, an IDE, an
+    xdist controller) must still see each line's own peak, not the parent's size."""
+    pytester.makepyfile(test_t=TRANSIENT)
+    launcher = (
+        "import subprocess, sys\n"
+        "ballast = bytearray(400 * 2**20)\n"
+        "sys.exit(subprocess.run([sys.executable, '-m', 'pytest', '-p', 'no:randomly', '-p', 'no:cacheprovider',"
+        " '--memline', '--memline-json=memline.json']).returncode)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=120, cwd=pytester.path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RSS via procfs, exact in-line peak)" in proc.stdout
+    test = traced(pytester)["test_t.py::test_transient"]
+    assert_mib(row(test, "a = bytearray(5 * 2**20)")["peak"], 5)
+    assert_mib(row(test, "n = transient()")["peak"], 40)
+    assert_mib(row(test, "assert a and n")["peak"], 0)
+    assert_mib(test["peak_growth"], 45)
