@@ -231,7 +231,7 @@ def _watch_threads() -> Any:
     started: list[bool] = []
     previous = threading.getprofile()
 
-    def hook(frame: Any, event: str, arg: Any) -> Any:
+    def hook(frame: Any, event: Any, arg: Any) -> Any:
         started.append(True)
         sys.setprofile(previous)
         return previous(frame, event, arg) if previous is not None else None
@@ -385,14 +385,13 @@ class MemlinePlugin:
         code, why, module_globals = _test_function(item)
         s = self.settings
         threads_done = _watch_threads()
+        failure: str | None = None
         try:
             self.native.start(
                 [code] if code is not None else [], peak=s.peak, reader=s.reader, backend=s.backend
             )
         except RuntimeError as exc:
             failure = str(exc)
-        else:
-            failure = None
         if failure is not None:
             # no free sys.monitoring tool id, RSS unreadable: one line, not a traceback
             threads_done()
