@@ -209,9 +209,17 @@ def test_peak_off(pytester: pytest.Pytester) -> None:
     assert_mib(row(test, "a = bytearray(6 * 2**20)")["peak"], 6)
 
 
+def _can_unshare() -> bool:
+    """Root, unshare, and a system where a private mount namespace can be made (not inside a
+    chroot, where `unshare -m` fails)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
 NEEDS_ROOT = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="simulating a container needs root and unshare (a private mount namespace)",
+    not _can_unshare(),
+    reason="simulating a container needs root and a private mount namespace (unshare -m)",
 )
 
 
