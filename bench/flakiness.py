@@ -38,7 +38,11 @@ def transient(mib):
 
 def write_suite(root: Path, n_tests: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = ['-p', 'no:cacheprovider']\n")
+    # the same order every run (pytest-randomly, when installed, would shuffle it): a different
+    # order is a different measurement, since the allocator's state carries over between tests
+    (root / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\naddopts = ['-p', 'no:cacheprovider', '-p', 'no:randomly']\n"
+    )
     body = [HELPERS]
     for i in range(n_tests):
         size = 1 + (i * 7) % 40  # 1..40 MiB

@@ -201,7 +201,25 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings.resolve(
         config.option, table, display, config.rootpath, config.invocation_params.dir
     )
-    config.pluginmanager.register(MemlinePlugin(config, settings), PLUGIN_NAME)
+    from pytest_memline import _memline
+
+    try:
+        probe = _memline.probe_reader(settings.reader, settings.peak)
+    except RuntimeError as exc:
+        # no RSS to read here (no /proc, say): run the tests untraced and say so once
+        config.pluginmanager.register(_Unavailable(str(exc)), PLUGIN_NAME)
+        return
+    config.pluginmanager.register(MemlinePlugin(config, settings, probe), PLUGIN_NAME)
+
+
+class _Unavailable:
+    """Registered instead of the manager when RSS cannot be read: one header line, no tracing."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def pytest_report_header(self) -> list[str]:
+        return [f"memline: off: {self.why}; tests run untraced, no budgets or baselines checked"]
 
 
 def _calls_pyfunc_call(item: pytest.Item) -> bool:
@@ -216,15 +234,43 @@ def _thread_idents() -> set[int]:
     return {t.ident for t in threading.enumerate() if t.ident is not None}
 
 
-def _test_function(item: pytest.Item) -> tuple[types.CodeType | None, str | None]:
-    """The code of the function whose body is the test, unwrapped from decorators."""
+def _watch_threads() -> Any:
+    """Starts watching for threads the test starts; the returned function stops watching and
+    says whether any did. Threads still alive at the end are found by their idents; threads
+    that started and finished within the test by a one-shot ``threading.setprofile`` hook,
+    chained to the hook that was set before (the new thread gets that one back at once)."""
+    import sys
+    import threading
+
+    before = _thread_idents()
+    started: list[bool] = []
+    previous = threading.getprofile()
+
+    def hook(frame: Any, event: Any, arg: Any) -> Any:
+        started.append(True)
+        sys.setprofile(previous)
+        return previous(frame, event, arg) if previous is not None else None
+
+    threading.setprofile(hook)
+
+    def done() -> bool:
+        if threading.getprofile() is hook:
+            threading.setprofile(previous)
+        return bool(started) or bool(_thread_idents() - before)
+
+    return done
+
+
+def _test_function(item: pytest.Item) -> tuple[types.CodeType | None, str | None, Any]:
+    """The code of the function whose body is the test, unwrapped from decorators; why there
+    is none; the function's globals (to find the source of a module imported from a zip)."""
     obj = getattr(item, "obj", None)
     func = inspect.unwrap(getattr(obj, "__func__", obj)) if obj is not None else None
     func = getattr(func, "__func__", func)
     code = getattr(func, "__code__", None)
     if isinstance(code, types.CodeType):
-        return code, None
-    return None, f"no per-line view: the test object {obj!r} has no Python code"
+        return code, None, getattr(func, "__globals__", None)
+    return None, f"no per-line view: the test object {obj!r} has no Python code", None
 
 
 @dataclass
@@ -270,7 +316,7 @@ class TestOutcome:
 class MemlinePlugin:
     """The manager: traces tests, checks budgets and baselines, reports."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, probe: Any = None) -> None:
         from pytest_memline import _memline
         from pytest_memline._gate import Gate
 
@@ -278,7 +324,7 @@ class MemlinePlugin:
         self.settings = settings
         self.native = _memline
         self.is_worker = hasattr(config, "workerinput")
-        self.probe = _memline.probe_reader(settings.reader, settings.peak)
+        self.probe = probe or _memline.probe_reader(settings.reader, settings.peak)
         _register_fork_handler(_memline)
         # resolved after collection, when the test modules (and sys.path entries) are in place
         self.include_paths: list[str] = []
@@ -292,6 +338,7 @@ class MemlinePlugin:
         self.over_budget: list[tuple[str, str]] = []
         self.collected: set[str] = set()
         self.json_tests: dict[str, Any] = {}
+        self.tracing: pytest.Item | None = None
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(_XdistHooks(self.collected), "memline-xdist")
 
@@ -369,29 +416,42 @@ class MemlinePlugin:
         return (yield from self._traced(item))
 
     def _traced(self, item: pytest.Item) -> Generator[None, object, object]:
-        code, why = _test_function(item)
+        if self.tracing is not None:
+            # pytest_pyfunc_call inside a runtest that is already traced: an item class that
+            # overrides runtest and then calls the original (pytest-asyncio's, for one)
+            return (yield)
+        code, why, module_globals = _test_function(item)
         s = self.settings
         metric = item.stash[LIMITS_KEY].metric if LIMITS_KEY in item.stash else s.metric
-        threads_before = _thread_idents()
+        threads_done = _watch_threads()
         if metric == "heap":
             # the same garbage-collector schedule on every run: the heap numbers repeat exactly
             import gc
 
             gc.collect()
-        self.native.start(
-            [code] if code is not None else [],
-            peak=s.peak,
-            reader=s.reader,
-            backend=s.backend,
-            metric=metric,
-            include=self.include_paths,
-        )
+        failure: str | None = None
+        try:
+            self.native.start(
+                [code] if code is not None else [],
+                peak=s.peak,
+                reader=s.reader,
+                backend=s.backend,
+                metric=metric,
+                include=self.include_paths,
+            )
+        except RuntimeError as exc:
+            failure = str(exc)
+        if failure is not None:
+            # no free sys.monitoring tool id, RSS unreadable: one line, not a traceback
+            threads_done()
+            pytest.fail(failure, pytrace=False)
+        self.tracing = item
         try:
             result = yield
         finally:
+            self.tracing = None
             trace = self.native.stop()
-            new_threads = _thread_idents() - threads_before
-            outcome = self._evaluate(item, code, why, trace, bool(new_threads))
+            outcome = self._evaluate(item, code, why, trace, threads_done(), module_globals)
             item.stash[OUTCOME_KEY] = outcome
             # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
             item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
@@ -406,6 +466,7 @@ class MemlinePlugin:
         why: str | None,
         trace: Any,
         threads: bool,
+        module_globals: Any = None,
     ) -> TestOutcome:
         from pytest_memline._budget import check
         from pytest_memline.table import build_table
@@ -429,9 +490,17 @@ class MemlinePlugin:
             metric=trace.metric,
             notes=notes,
             no_code_reason=why,
+            module_globals=module_globals,
         )
         limits = item.stash.get(LIMITS_KEY, TestLimits())
-        violations = check(table, limits)
+        checked = table
+        if not table.has_source and own is not None and limits.line is not None:
+            # no source to show, but the lines were measured: the line budget still holds
+            from pytest_memline.table import LineRow
+
+            rows = (LineRow(ln, "", mem, inc, pk, occ) for ln, inc, pk, mem, occ in own.lines)
+            checked = dataclasses.replace(table, rows=tuple(rows))
+        violations = check(checked, limits)
         comparison = self.gate.compare(item.nodeid, table, limits)
         marks = {v.lineno for v in violations if v.lineno is not None}
         if comparison is not None and comparison.regressed:
@@ -466,6 +535,8 @@ class MemlinePlugin:
         outcome = item.stash.get(OUTCOME_KEY, None)
         if outcome is None:
             return report
+        # items live as long as the session: keep nothing on them (10,000 tests stay flat)
+        del item.stash[OUTCOME_KEY]
         table = outcome.table
         if report.failed:
             comparison = outcome.comparison
@@ -495,11 +566,20 @@ class MemlinePlugin:
         data = getattr(report, "memline", None)
         if data is None or report.when != "call" or self.is_worker:
             return
+        # the terminal reporter keeps every report until the end of the run: once read here,
+        # the table data would only weigh on it (10,000 tests stay flat)
+        del report.memline  # type: ignore[attr-defined]
         from pytest_memline._gate import Comparison, render_diff
         from pytest_memline.table import MemoryTable
 
-        self.traced += 1
         table = MemoryTable.from_dict(data["table"]).with_marks(data.get("marked", ()))
+        if report.outcome == "rerun":
+            # pytest-rerunfailures: an attempt that will be run again; its table is shown, but
+            # only the last attempt counts (summary, top lines, baselines, reports)
+            if self.settings.tables == "all":
+                self.tables.append(table.render())
+            return
+        self.traced += 1
         comparison = Comparison.from_dict(data["comparison"]) if data.get("comparison") else None
         if data["violations"]:
             self.over_budget.append((report.nodeid, data["violations"][0]))

@@ -208,11 +208,16 @@ def _last_line(code: types.CodeType) -> int:
     return last
 
 
-def source_of(code: types.CodeType) -> tuple[list[str], str | None]:
-    """The source lines of ``code`` (first line to last), or ``([], why not)``."""
+def source_of(
+    code: types.CodeType, module_globals: Mapping[str, Any] | None = None
+) -> tuple[list[str], str | None]:
+    """The source lines of ``code`` (first line to last), or ``([], why not)``.
+
+    ``module_globals``: the function's globals, so that a module imported from a zip file (or
+    by any loader with ``get_source``) has its source found through its loader."""
     filename = code.co_filename
     try:
-        lines = linecache.getlines(filename)
+        lines = linecache.getlines(filename, dict(module_globals) if module_globals else None)
     except Exception as exc:  # a broken loader: say so, never fail the test for it
         return [], f"no per-line view: reading {filename} failed ({exc})"
     if not lines:
@@ -236,6 +241,7 @@ def build_table(
     metric: str = "rss",
     notes: Sequence[str] = (),
     no_code_reason: str | None = None,
+    module_globals: Mapping[str, Any] | None = None,
 ) -> MemoryTable:
     """A table from a native trace: ``lines`` are ``(lineno, increment, peak, mem_usage,
     occurrences)`` for the lines that ran."""
@@ -251,7 +257,7 @@ def build_table(
         all_notes.append(no_code_reason or "no per-line view: the test has no Python code object")
     else:
         function, filename = code.co_qualname, code.co_filename
-        source, why = source_of(code)
+        source, why = source_of(code, module_globals)
         if why is not None:
             all_notes.append(why)
         else:

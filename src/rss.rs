@@ -96,7 +96,14 @@ impl RssReader {
             rss_at_reset: 0,
         };
         if reader.current().is_none() {
-            return Err("could not read the resident set size of this process".into());
+            let hint = if cfg!(target_os = "linux") {
+                " (is /proc mounted?)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "could not read the resident set size of this process{hint}"
+            ));
         }
         if !want_peak {
             reader.peak_unavailable = Some("in-line peak turned off".into());
@@ -112,6 +119,13 @@ impl RssReader {
                         reader.clear_refs = None;
                         reader.peak_unavailable = Some(
                             "/proc/self/clear_refs cannot reset the peak here; Peak falls back to Increment"
+                                .into(),
+                        );
+                    } else if !reset_really_works(&mut reader) {
+                        reader.clear_refs = None;
+                        reader.peak_unavailable = Some(
+                            "writing to /proc/self/clear_refs does not reset the peak here (masked?); \
+                             Peak falls back to Increment"
                                 .into(),
                         );
                     }
@@ -253,6 +267,48 @@ impl RssReader {
             None
         }
     }
+}
+
+/// Whether a write to clear_refs really resets the peak (a container may mask the file with
+/// one that accepts writes and does nothing). Checked once per process: touch and free 4 MiB,
+/// reset, and see the peak come back down.
+#[cfg(target_os = "linux")]
+fn reset_really_works(reader: &mut RssReader) -> bool {
+    use std::sync::OnceLock;
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        const PROBE: usize = 4 << 20;
+        // a few tries: another thread allocating between the reset and the read spoils one
+        (0..3).any(|_| {
+            // SAFETY: a private anonymous mapping, written only within its length, then unmapped.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    PROBE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    return true; // cannot check: trust the write
+                }
+                std::ptr::write_bytes(p.cast::<u8>(), 1, PROBE);
+                libc::munmap(p, PROBE);
+            }
+            let reset = reader.reset_peak();
+            let peak = reader.vm_hwm().or_else(|| reader.peak_since_reset());
+            match (reader.current(), peak) {
+                (Some(rss), Some(peak)) => reset && peak < rss + (PROBE as u64) / 2,
+                _ => false,
+            }
+        })
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reset_really_works(_reader: &mut RssReader) -> bool {
+    false
 }
 
 #[cfg(target_os = "linux")]

@@ -91,6 +91,9 @@ struct Session {
     /// monitoring with `include`: `sys.monitoring.set_local_events` and `DISABLE`.
     mon_set_local: Option<Py<PyAny>>,
     mon_disable: Option<Py<PyAny>>,
+    /// settrace: the `YIELD_VALUE` opcode, to tell a generator's yield from its final return
+    /// (both are RETURN events); `None` when no traced code is a generator or coroutine.
+    yield_opcode: Option<u8>,
 }
 
 struct GilCell<T>(UnsafeCell<T>);
@@ -301,7 +304,9 @@ unsafe extern "C" fn trace_callback(
             ffi::PyTrace_RETURN => {
                 if let Some(top) = s.stack.last() {
                     if top.key == frame as usize {
-                        let suspend = s.generator_like[top.func];
+                        let suspend = s.generator_like[top.func]
+                            && !arg.is_null()
+                            && s.yield_opcode.is_some_and(|op| at_opcode(frame, op));
                         s.leave(frame as usize, suspend);
                     }
                 }
@@ -316,6 +321,32 @@ unsafe extern "C" fn trace_callback(
         }
     }
     0
+}
+
+extern "C" {
+    /// Public since 3.11 (not in pyo3-ffi): the code's bytecode without specialisation or
+    /// instrumentation, cached by CPython after the first call.
+    fn PyCode_GetCode(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
+}
+
+/// Whether the frame's last instruction is `opcode` (a generator-like frame's RETURN event at a
+/// `YIELD_VALUE` suspends it; anywhere else it finished). Unreadable: assume it did.
+unsafe fn at_opcode(frame: *mut ffi::PyFrameObject, opcode: u8) -> bool {
+    let Ok(lasti) = usize::try_from(ffi::PyFrame_GetLasti(frame)) else {
+        return true;
+    };
+    let code = ffi::PyFrame_GetCode(frame);
+    let bytes = PyCode_GetCode(code);
+    ffi::Py_DECREF(code as *mut ffi::PyObject);
+    if bytes.is_null() {
+        ffi::PyErr_Clear();
+        return true;
+    }
+    let len = usize::try_from(ffi::PyBytes_Size(bytes)).unwrap_or(0);
+    let data = ffi::PyBytes_AsString(bytes) as *const u8;
+    let hit = lasti < len && !data.is_null() && *data.add(lasti) == opcode;
+    ffi::Py_DECREF(bytes);
+    hit
 }
 
 /// Reads the first words of the current thread state.
@@ -546,14 +577,13 @@ fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
     }
     let Some(id) = tool else {
         let mut held = Vec::new();
-        for id in 0u8..6 {
+        for id in TOOL_IDS {
             let name = mon.call_method1("get_tool", (id,))?;
-            if !name.is_none() {
-                held.push(format!("{id}: {}", name.repr()?));
-            }
+            held.push(format!("{id} by {}", name.repr()?));
         }
         return Err(PyRuntimeError::new_err(format!(
-            "memline: no free sys.monitoring tool id (it uses 2, 3 or 4); held: {}",
+            "memline: no free sys.monitoring tool id: memline takes 2, 3 or 4 and never one in \
+             use, and they are held ({}); free one, or trace with --memline-backend=settrace",
             held.join(", ")
         )));
     };
@@ -781,7 +811,15 @@ pub fn start(
         seen: HashMap::new(),
         mon_set_local: None,
         mon_disable: None,
+        yield_opcode: None,
     });
+    // (with `include`, generator functions may be found during the trace)
+    if backend == Backend::SetTrace
+        && (s.generator_like.iter().any(|&g| g) || !s.include.is_empty())
+    {
+        let opmap = py.import("dis")?.getattr("opmap")?;
+        s.yield_opcode = Some(opmap.get_item("YIELD_VALUE")?.extract()?);
+    }
     match backend {
         Backend::SetTrace => install_settrace(py, &mut s)?,
         Backend::Monitoring => {

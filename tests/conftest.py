@@ -24,3 +24,11 @@ BACKENDS = [
 def backend(request: pytest.FixtureRequest) -> str:
     """Each tracing backend in turn: settrace everywhere, sys.monitoring on 3.12+."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _inner_sessions_in_file_order(request: pytest.FixtureRequest) -> None:
+    """pytest-randomly (installed for the compatibility tests) would shuffle every inner session
+    and reseed `random`; they run in file order unless a test is marked `shuffled`."""
+    if "pytester" in request.fixturenames and request.node.get_closest_marker("shuffled") is None:
+        request.getfixturevalue("pytester").plugins.append("no:randomly")

@@ -1,0 +1,137 @@
+"""Issue 5, point 2: sys.monitoring (3.12+). memline takes a free tool id (2, else 3, else 4),
+never one in use, leaves nothing behind after each test, and says who holds the ids when none
+is free.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from compat_util import assert_mib, pytester, row, run, traced  # noqa: F401
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is new in 3.12")
+
+TEST_FILE = """
+def test_alloc():
+    a = bytearray(10 * 2**20)
+    assert a
+
+
+def test_other():
+    pass
+"""
+
+
+def test_all_ids_taken_is_one_clear_error_per_test(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import sys
+
+        for tool_id, name in [(2, "scalene"), (3, "line_profiler"), (4, "someone else")]:
+            sys.monitoring.use_tool_id(tool_id, name)
+        """
+    )
+    pytester.makepyfile(test_taken=TEST_FILE)
+    result = run(pytester)
+    result.assert_outcomes(failed=2)
+    message = (
+        "memline: no free sys.monitoring tool id: memline takes 2, 3 or 4 and never one in use, and "
+        "they are held (2 by 'scalene', 3 by 'line_profiler', 4 by 'someone else'); free one, or trace "
+        "with --memline-backend=settrace"
+    )
+    result.stdout.fnmatch_lines(["FAILED test_taken.py::test_alloc - Failed: memline: no free sys.monitoring*"])
+    out = result.stdout.str()
+    assert out.count(message) == 2  # one line per test, in its failure report
+    assert "Traceback" not in out and "RuntimeError" not in out
+    # the way out that the message names works
+    result = run(pytester, "--memline-backend=settrace")
+    result.assert_outcomes(passed=2)
+    assert_mib(row(traced(pytester)["test_taken.py::test_alloc"], "a = bytearray(10 * 2**20)")["increment"], 10)
+
+
+def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest.Pytester) -> None:
+    """Another profiler holds id 2 with its own callback and events: memline uses 3; the other
+    tool keeps its callback, its events and its event stream; after each test no event or
+    callback of memline's remains."""
+    pytester.makeconftest(
+        """
+        import sys
+
+        import pytest
+
+        m = sys.monitoring
+        SEEN = []
+
+
+        def other_line(code, line):
+            SEEN.append(line)
+
+
+        def watched():
+            x = 1
+            return x
+
+
+        m.use_tool_id(2, "other-profiler")
+        m.register_callback(2, m.events.LINE, other_line)
+        m.register_callback(2, m.events.PY_START, other_line)
+        m.set_events(2, m.events.PY_START)
+        m.set_local_events(2, watched.__code__, m.events.LINE)
+
+
+        @pytest.fixture(autouse=True)
+        def check_monitoring(request):
+            code = request.function.__code__
+            yield
+            # teardown: memline stopped tracing this test before this runs
+            assert m.get_tool(2) == "other-profiler"
+            assert m.get_events(2) == m.events.PY_START
+            assert m.get_local_events(2, watched.__code__) == m.events.LINE
+            # register_callback returns the callback it replaces: put each back at once
+            for event in (m.events.LINE, m.events.PY_START):
+                previous = m.register_callback(2, event, other_line)
+                assert previous is other_line
+            for tool_id in (3, 4):
+                assert m.get_tool(tool_id) is None
+                assert m.get_events(tool_id) == 0
+                assert m.get_local_events(tool_id, code) == 0
+                for event in (m.events.LINE, m.events.PY_START, m.events.PY_RESUME,
+                              m.events.PY_RETURN, m.events.PY_YIELD, m.events.PY_UNWIND):
+                    assert m.register_callback(tool_id, event, None) is None
+            before = len(SEEN)
+            watched()
+            assert len(SEEN) > before  # the other tool still gets its events
+        """
+    )
+    pytester.makepyfile(
+        test_shared="""
+        import sys
+
+        from conftest import watched
+
+
+        def test_alloc():
+            a = bytearray(10 * 2**20)
+            # while the test runs, memline holds id 3 and the other tool keeps id 2
+            assert sys.monitoring.get_tool(3) == "pytest-memline"
+            assert sys.monitoring.get_tool(2) == "other-profiler"
+            assert watched() == 1
+
+
+        def test_raises():
+            b = bytearray(5 * 2**20)
+            raise ValueError("boom")
+
+
+        def test_last():
+            c = bytearray(3 * 2**20)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_shared.py::test_raises - ValueError: boom"])
+    tests = traced(pytester)
+    assert_mib(row(tests["test_shared.py::test_alloc"], "a = bytearray(10 * 2**20)")["increment"], 10)
+    assert_mib(row(tests["test_shared.py::test_raises"], "b = bytearray(5 * 2**20)")["increment"], 5)
+    assert_mib(row(tests["test_shared.py::test_last"], "c = bytearray(3 * 2**20)")["increment"], 3)
