@@ -119,6 +119,7 @@ class Settings:
     markdown_report: str | None = None
     metric: str = "rss"
     include: tuple[str, ...] = ()
+    malloc: str = "fixed"
 
     def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
         """Value by value: the marker, then the first matching rule, then the run's defaults."""
@@ -271,6 +272,7 @@ def resolve(
         compare=baseline_path("memline_compare"),
         metric=pick("memline_metric", "metric", "rss"),
         include=_include(options, cfg),
+        malloc=pick("memline_malloc", "malloc", "fixed"),
         json_report=report_path("memline_json"),
         markdown_report=report_path("memline_markdown"),
     )

@@ -26,6 +26,8 @@ from pytest_memline import _settings
 from pytest_memline._settings import MARKER, MARKER_DOC, TABLES_CHOICES, Settings, TestLimits
 
 PLUGIN_NAME = "memline-manager"
+#: glibc's initial mmap threshold: allocations above it are mmapped and unmapped when freed.
+MMAP_THRESHOLD = 128 * 1024
 
 #: Per-item state: the limits resolved at setup, and what was measured and found.
 LIMITS_KEY = pytest.StashKey[TestLimits]()
@@ -133,6 +135,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="what to measure: rss (resident memory of the process, the default) or heap "
         "(Python-visible allocated bytes from tracemalloc: the same on every run).",
+    )
+    group.addoption(
+        "--memline-malloc",
+        choices=("fixed", "native"),
+        default=None,
+        help="fixed (default): pin glibc's mmap threshold at 128 KiB, so that large buffers come "
+        "from and go back to the OS and a line's Increment does not depend on the tests that ran "
+        "before; native: leave malloc as it is.",
     )
     group.addoption(
         "--memline-include",
@@ -326,6 +336,7 @@ class MemlinePlugin:
         self.is_worker = hasattr(config, "workerinput")
         self.probe = probe or _memline.probe_reader(settings.reader, settings.peak)
         _register_fork_handler(_memline)
+        self.malloc_fixed = settings.malloc == "fixed" and _memline.fix_mmap_threshold(MMAP_THRESHOLD)
         # resolved after collection, when the test modules (and sys.path entries) are in place
         self.include_paths: list[str] = []
         self.gate = Gate(settings, config.rootpath)
@@ -367,6 +378,8 @@ class MemlinePlugin:
             f"memline: tables={s.tables}, top={s.top}; default limits: "
             f"{', '.join(limits) if limits else 'none'}{where}"
         )
+        if self.malloc_fixed:
+            lines.append("memline: glibc mmap threshold pinned at 128 KiB (--memline-malloc=native: leave it)")
         if s.compare is not None:
             lines.append(
                 f"memline: comparing with {_settings.display(s.compare)} (tolerance "

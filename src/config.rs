@@ -17,6 +17,7 @@ pub const KEYS: &[&str] = &[
     "tolerance",
     "noise_floor",
     "include",
+    "malloc",
     "limits",
 ];
 
@@ -31,6 +32,7 @@ pub const LIMIT_KEYS: &[&str] = &[
 
 pub const TABLES_CHOICES: &[&str] = &["failed", "all", "none"];
 pub const METRIC_CHOICES: &[&str] = &["rss", "heap"];
+pub const MALLOC_CHOICES: &[&str] = &["fixed", "native"];
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LimitRule {
@@ -54,6 +56,7 @@ pub struct Config {
     pub tolerance: Option<f64>,
     pub noise_floor: Option<u64>,
     pub include: Option<Vec<String>>,
+    pub malloc: Option<String>,
     pub limits: Vec<LimitRule>,
 }
 
@@ -209,6 +212,7 @@ fn parse_table(table: &Table, file: &str) -> Result<Config, String> {
             }
             "peak" => c.peak = Some(ctx.boolean(key, v)?),
             "metric" => c.metric = Some(ctx.choice(key, v, METRIC_CHOICES)?),
+            "malloc" => c.malloc = Some(ctx.choice(key, v, MALLOC_CHOICES)?),
             "baseline" => c.baseline = Some(ctx.string(key, v)?),
             "tolerance" => c.tolerance = Some(ctx.percent(key, v)?),
             "noise_floor" => c.noise_floor = Some(ctx.size(key, v)?),
@@ -321,6 +325,7 @@ baseline = ".memline/baseline.json"
 tolerance = "10%"
 noise_floor = "1MiB"
 include = ["mypkg", "mypkg.io"]
+malloc = "native"
 
 [[tool.memline.limits]]
 match = "tests/test_etl.py::*"
@@ -344,6 +349,7 @@ tolerance = "20%"
         assert_eq!(c.tolerance, Some(0.1));
         assert_eq!(c.noise_floor, Some(1 << 20));
         assert_eq!(c.include, Some(vec!["mypkg".into(), "mypkg.io".into()]));
+        assert_eq!(c.malloc.as_deref(), Some("native"));
         assert_eq!(c.limits.len(), 2);
         assert_eq!(c.limits[0].pattern, "tests/test_etl.py::*");
         assert_eq!(c.limits[0].test_limit, Some(2 << 30));

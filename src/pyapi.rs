@@ -70,6 +70,7 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("tolerance", c.tolerance)?;
     d.set_item("noise_floor", c.noise_floor)?;
     d.set_item("include", c.include.clone())?;
+    d.set_item("malloc", c.malloc.as_deref())?;
     let rules = PyList::empty(py);
     for r in &c.limits {
         rules.append(rule_dict(py, r)?)?;
@@ -106,8 +107,25 @@ fn probe_reader<'py>(py: Python<'py>, reader: &str, peak: bool) -> PyResult<Boun
     Ok(d)
 }
 
+/// Fixes glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD, bytes)`), which also turns off
+/// its dynamic adjustment. Returns False where there is no glibc malloc to tune.
+#[pyfunction]
+fn fix_mmap_threshold(bytes: i32) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
+    m.add_function(wrap_pyfunction!(fix_mmap_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_percent, m)?)?;
     m.add_function(wrap_pyfunction!(format_size, m)?)?;

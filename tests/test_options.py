@@ -100,6 +100,7 @@ OPTIONS = [
     "--memline-backend",
     "--memline-reader",
     "--memline-metric",
+    "--memline-malloc",
     "--memline-include",
     "--memline-save",
     "--memline-compare",

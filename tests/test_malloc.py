@@ -1,0 +1,65 @@
+"""`--memline-malloc`: with glibc's mmap threshold pinned (the default), a line's Increment does
+not depend on what earlier tests allocated and freed. Subprocess sessions, real allocations."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import pytest
+
+MIB = 1024 * 1024
+
+# After a 20 MiB buffer is freed glibc raises its mmap threshold to 20 MiB (and its trim
+# threshold to 40 MiB); the 16 MiB buffer then comes from the heap and stays there when freed,
+# and the 14 MiB buffer reuses it: RSS does not move although the line allocates 14 MiB.
+ORDERED = """
+def test_1():
+    a = bytearray(20 * 2**20)
+    del a
+
+
+def test_2():
+    b = bytearray(16 * 2**20)
+    del b
+
+
+def test_3():
+    c = bytearray(14 * 2**20)
+    assert c
+"""
+
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+
+
+def increment_of_test_3(pytester: pytest.Pytester, *args: str) -> int:
+    pytester.makepyfile(test_ordered=ORDERED)
+    result = pytester.runpytest_subprocess("--memline", "--memline-json=r.json", "-p", "no:xdist", *args)
+    result.assert_outcomes(passed=3)
+    report = json.loads((pytester.path / "r.json").read_text())
+    rows = report["tests"]["test_ordered.py::test_3"]["table"]["lines"]
+    return next(r["increment"] for r in rows if "bytearray(14" in r["contents"])
+
+
+@glibc
+def test_pinned_threshold_measures_every_allocation(pytester: pytest.Pytester) -> None:
+    assert abs(increment_of_test_3(pytester) - 14 * MIB) < 2 * MIB
+    result = pytester.runpytest_subprocess("--memline", "--co")
+    result.stdout.fnmatch_lines(["memline: glibc mmap threshold pinned at 128 KiB*"])
+
+
+@glibc
+def test_native_malloc_is_left_alone(pytester: pytest.Pytester) -> None:
+    # the allocator's own behaviour, which the default avoids: the 14 MiB line reuses memory
+    # glibc kept from test_2 (measured here: +0.0 MiB)
+    assert increment_of_test_3(pytester, "--memline-malloc=native") < 7 * MIB
+    pytester.makepyprojecttoml('[tool.memline]\nmalloc = "native"\n')
+    result = pytester.runpytest_subprocess("--memline", "--co")
+    assert "mmap threshold" not in result.stdout.str()
+
+
+def test_bad_malloc_value(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml('[tool.memline]\nmalloc = "jemalloc"\n')
+    result = pytester.runpytest_subprocess("--memline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert 'malloc = "jemalloc": expected one of "fixed", "native"' in result.stderr.str()
