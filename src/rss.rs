@@ -56,7 +56,15 @@ pub struct RssReader {
     pub peak_unavailable: Option<String>,
     /// The process this reader reads (a forked child must not use the parent's fds).
     pub pid: u32,
+    /// Set by `high_since_reset` when the kernel's peak mark is above the RSS just read, so
+    /// the next interval needs a reset.
+    reset_due: bool,
     buf: [u8; 128],
+    /// The statm text of the last read, and the resident pages in it: a read that returns the
+    /// same text (most lines: RSS moves in pages, not per line) skips the parse.
+    last: [u8; 128],
+    last_len: usize,
+    last_pages: u64,
 }
 
 impl RssReader {
@@ -73,7 +81,11 @@ impl RssReader {
             clear_refs: None,
             peak_unavailable: None,
             pid,
+            reset_due: true,
             buf: [0; 128],
+            last: [0; 128],
+            last_len: usize::MAX,
+            last_pages: 0,
         };
         if reader.current().is_none() {
             return Err("could not read the resident set size of this process".into());
@@ -147,9 +159,27 @@ impl RssReader {
         match &mut self.source {
             #[cfg(target_os = "linux")]
             Source::Procfs { statm, page_size } => {
-                use std::os::unix::fs::FileExt;
-                let n = statm.read_at(&mut self.buf, 0).ok()?;
-                parse_statm_resident(&self.buf[..n]).map(|pages| pages * *page_size)
+                use std::os::unix::io::AsRawFd;
+                // SAFETY: the fd stays open as long as `statm`; the buffer is ours and
+                // `pread` writes at most `len` bytes into it.
+                let n = unsafe {
+                    libc::pread(
+                        statm.as_raw_fd(),
+                        self.buf.as_mut_ptr().cast(),
+                        self.buf.len(),
+                        0,
+                    )
+                };
+                let n = usize::try_from(n).ok()?;
+                let text = self.buf.get(..n)?;
+                if n == self.last_len && text == &self.last[..n] {
+                    return Some(self.last_pages * *page_size);
+                }
+                let pages = parse_statm_resident(text)?;
+                self.last[..n].copy_from_slice(text);
+                self.last_len = n;
+                self.last_pages = pages;
+                Some(pages * *page_size)
             }
             Source::Portable { system, pid } => {
                 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate};
@@ -166,12 +196,35 @@ impl RssReader {
     /// Resets the kernel's peak RSS (VmHWM) to the current RSS. False when it failed.
     #[inline]
     pub fn reset_peak(&mut self) -> bool {
+        self.reset_due = false;
         #[cfg(target_os = "linux")]
         if let Some(f) = &self.clear_refs {
-            use std::os::unix::fs::FileExt;
-            return f.write_at(b"5", 0).is_ok();
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: the fd stays open as long as `f`; one byte from a static buffer.
+            return unsafe { libc::pwrite(f.as_raw_fd(), b"5".as_ptr().cast(), 1, 0) } == 1;
         }
         false
+    }
+
+    /// The highest RSS since the last reset, given `rss`, the RSS just read (the result is at
+    /// least `rss`). Notes whether the next interval needs a reset: when the kernel's mark is
+    /// not above `rss`, it cannot raise any later reading above what that line already counts
+    /// (a line's peak starts at the RSS where it started), so the write to `clear_refs` is
+    /// skipped. ru_maxrss comes from the kernel's approximate per-CPU counters and can be a
+    /// few pages below statm's resident count, hence `<=`, not `==`.
+    #[inline]
+    pub fn high_since_reset(&mut self, rss: u64) -> u64 {
+        let peak = self.peak_since_reset();
+        self.reset_due = !matches!(peak, Some(p) if p <= rss);
+        peak.map_or(rss, |p| p.max(rss))
+    }
+
+    /// Resets the peak if the last `high_since_reset` found the mark above the RSS.
+    #[inline]
+    pub fn reset_peak_if_due(&mut self) {
+        if self.reset_due {
+            self.reset_peak();
+        }
     }
 
     /// Peak RSS in bytes since the last `reset_peak` (getrusage's ru_maxrss, in KiB on Linux).
@@ -212,18 +265,23 @@ fn open_clear_refs() -> Result<File, String> {
 /// The second field of `/proc/self/statm`: resident pages.
 #[inline]
 pub fn parse_statm_resident(buf: &[u8]) -> Option<u64> {
-    let mut fields = buf.split(|&b| b == b' ');
-    fields.next()?;
-    let field = fields.next()?;
-    let mut value: u64 = 0;
-    if field.is_empty() {
+    let start = buf.iter().position(|&b| b == b' ')? + 1;
+    let field = buf.get(start..)?;
+    let len = field
+        .iter()
+        .position(|&b| b == b' ' || b == b'\n')
+        .unwrap_or(field.len());
+    // 1 to 19 digits: never overflows a u64, so no checked arithmetic per digit.
+    if !(1..=19).contains(&len) {
         return None;
     }
-    for &b in field {
-        if !b.is_ascii_digit() {
+    let mut value: u64 = 0;
+    for &b in &field[..len] {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
             return None;
         }
-        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        value = value * 10 + u64::from(digit);
     }
     Some(value)
 }
@@ -239,6 +297,9 @@ mod tests {
         assert_eq!(parse_statm_resident(b"5000 12a4 3"), None);
         assert_eq!(parse_statm_resident(b""), None);
         assert_eq!(parse_statm_resident(b"1  2"), None);
+        assert_eq!(parse_statm_resident(b"1 2"), Some(2));
+        assert_eq!(parse_statm_resident(b"1 2\n"), Some(2));
+        assert_eq!(parse_statm_resident(b"1 99999999999999999999 3"), None);
     }
 
     #[test]
