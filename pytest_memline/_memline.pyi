@@ -68,3 +68,14 @@ def _mon_start(code: CodeType, _offset: int) -> None: ...
 def _mon_resume(code: CodeType, _offset: int) -> None: ...
 def _mon_return(code: CodeType, _offset: int, _value: object) -> None: ...
 def _mon_yield(code: CodeType, _offset: int, _value: object) -> None: ...
+
+class _BenchFloor(TypedDict):
+    reader: str
+    statm_read: float
+    peak_reset: float | None
+    clear_refs: float | None
+    getrusage: float | None
+    note: str | None
+
+def _bench_floor(n: int = 20000, rounds: int = 5) -> _BenchFloor:
+    """Private, for bench/run.py: CPU ns per statm read and per peak reset."""

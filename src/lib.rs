@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod bench;
 pub mod config;
 pub mod lines;
 pub mod rss;
@@ -14,5 +15,6 @@ fn _memline(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     tracer::register(m)?;
     pyapi::register(m)?;
+    bench::register(m)?;
     Ok(())
 }
