@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 
 pub mod baseline;
+mod bench;
 pub mod config;
 pub mod diff;
 mod heap;
@@ -19,5 +20,6 @@ fn _memline(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tracer::register(m)?;
     pyapi::register(m)?;
     pybaseline::register(m)?;
+    bench::register(m)?;
     Ok(())
 }

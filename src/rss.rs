@@ -67,6 +67,14 @@ pub struct RssReader {
     /// The process this reader reads (a forked child must not use the parent's fds).
     pub pid: u32,
     buf: [u8; 128],
+    /// Set by `high_since_reset` when the kernel's peak mark is above the RSS just read, so
+    /// the next interval needs a reset.
+    reset_due: bool,
+    /// The statm text of the last read, and the resident pages in it: a read that returns the
+    /// same text (most lines: RSS moves in pages, not per line) skips the parse.
+    last: [u8; 128],
+    last_len: usize,
+    last_pages: u64,
     /// `/proc/self/status` (for `VmHWM`) and a buffer for it, set up with `clear_refs`.
     status: Option<File>,
     status_buf: Box<[u8]>,
@@ -90,6 +98,10 @@ impl RssReader {
             peak_unavailable: None,
             pid,
             buf: [0; 128],
+            reset_due: true,
+            last: [0; 128],
+            last_len: usize::MAX,
+            last_pages: 0,
             status: None,
             status_buf: Box::new([]),
             last_rss: 0,
@@ -194,9 +206,25 @@ impl RssReader {
         match &mut self.source {
             #[cfg(target_os = "linux")]
             Source::Procfs { statm, page_size } => {
-                use std::os::unix::fs::FileExt;
-                let n = statm.read_at(&mut self.buf, 0).ok()?;
-                let rss = parse_statm_resident(&self.buf[..n])? * *page_size;
+                use std::os::unix::io::AsRawFd;
+                // SAFETY: the fd stays open as long as `statm`; the buffer is ours and
+                // `pread` writes at most `len` bytes into it.
+                let n = unsafe {
+                    libc::pread(
+                        statm.as_raw_fd(),
+                        self.buf.as_mut_ptr().cast(),
+                        self.buf.len(),
+                        0,
+                    )
+                };
+                let n = usize::try_from(n).ok()?;
+                let text = self.buf.get(..n)?;
+                if n != self.last_len || text != &self.last[..n] {
+                    self.last_pages = parse_statm_resident(text)?;
+                    self.last[..n].copy_from_slice(text);
+                    self.last_len = n;
+                }
+                let rss = self.last_pages * *page_size;
                 self.last_rss = rss;
                 Some(rss)
             }
@@ -215,13 +243,39 @@ impl RssReader {
     /// Resets the kernel's peak RSS (VmHWM) to the current RSS. False when it failed.
     #[inline]
     pub fn reset_peak(&mut self) -> bool {
+        self.reset_due = false;
         #[cfg(target_os = "linux")]
         if let Some(f) = &self.clear_refs {
-            use std::os::unix::fs::FileExt;
+            use std::os::unix::io::AsRawFd;
             self.rss_at_reset = self.last_rss;
-            return f.write_at(b"5", 0).is_ok();
+            // SAFETY: the fd stays open as long as `f`; one byte from a static buffer.
+            return unsafe { libc::pwrite(f.as_raw_fd(), b"5".as_ptr().cast(), 1, 0) } == 1;
         }
         false
+    }
+
+    /// The highest RSS since the last reset, given `rss`, the RSS just read (the result is at
+    /// least `rss`). Notes whether the next interval needs a reset: when the kernel's mark is
+    /// not above `rss`, it cannot raise any later reading above what that line already counts
+    /// (a line's peak starts at the RSS where it started), so the write to `clear_refs` is
+    /// skipped. ru_maxrss comes from the kernel's approximate per-CPU counters and can be a
+    /// few pages below statm's resident count, hence `<=`, not `==`.
+    #[inline]
+    pub fn high_since_reset(&mut self, rss: u64) -> u64 {
+        let peak = self.peak_since_reset();
+        self.reset_due = !matches!(peak, Some(p) if p <= rss);
+        peak.map_or(rss, |p| p.max(rss))
+    }
+
+    /// Resets the peak if the last `high_since_reset` found the mark above the RSS; a skipped
+    /// reset still starts a new interval at the current RSS, as a real one would.
+    #[inline]
+    pub fn reset_peak_if_due(&mut self) {
+        if self.reset_due {
+            self.reset_peak();
+        } else {
+            self.rss_at_reset = self.last_rss;
+        }
     }
 
     /// Peak RSS in bytes since the last `reset_peak`: getrusage's ru_maxrss when it is no
@@ -343,18 +397,23 @@ pub fn parse_status_kib(buf: &[u8], key: &[u8]) -> Option<u64> {
 /// The second field of `/proc/self/statm`: resident pages.
 #[inline]
 pub fn parse_statm_resident(buf: &[u8]) -> Option<u64> {
-    let mut fields = buf.split(|&b| b == b' ');
-    fields.next()?;
-    let field = fields.next()?;
-    let mut value: u64 = 0;
-    if field.is_empty() {
+    let start = buf.iter().position(|&b| b == b' ')? + 1;
+    let field = buf.get(start..)?;
+    let len = field
+        .iter()
+        .position(|&b| b == b' ' || b == b'\n')
+        .unwrap_or(field.len());
+    // 1 to 19 digits: never overflows a u64, so no checked arithmetic per digit.
+    if !(1..=19).contains(&len) {
         return None;
     }
-    for &b in field {
-        if !b.is_ascii_digit() {
+    let mut value: u64 = 0;
+    for &b in &field[..len] {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
             return None;
         }
-        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        value = value * 10 + u64::from(digit);
     }
     Some(value)
 }
@@ -373,6 +432,9 @@ mod tests {
         assert_eq!(parse_statm_resident(b"5000 12a4 3"), None);
         assert_eq!(parse_statm_resident(b""), None);
         assert_eq!(parse_statm_resident(b"1  2"), None);
+        assert_eq!(parse_statm_resident(b"1 2"), Some(2));
+        assert_eq!(parse_statm_resident(b"1 2\n"), Some(2));
+        assert_eq!(parse_statm_resident(b"1 99999999999999999999 3"), None);
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Session {
     }
 
     /// Reads RSS (and the peak since the last reset); `None` (and an error noted) on failure.
-    #[inline]
+    #[inline(always)]
     fn sample(&mut self) -> Option<(u64, u64)> {
         if let Some(heap) = &self.heap {
             let sampled = heap.sample();
@@ -181,26 +181,29 @@ impl Session {
             return None;
         };
         let high = if self.exact_peak {
-            self.reader.peak_since_reset().unwrap_or(rss).max(rss)
+            self.reader.high_since_reset(rss)
         } else {
             rss
         };
         Some((rss, high))
     }
 
-    #[inline]
+    /// Starts the next peak interval: a write to `clear_refs`, skipped when the last sample
+    /// found the kernel's mark no higher than the RSS (see `RssReader::high_since_reset`).
+    #[inline(always)]
     fn reset_peak(&mut self) {
         if let Some(heap) = &self.heap {
             heap.reset();
             return;
         }
         if self.exact_peak {
-            self.reader.reset_peak();
+            self.reader.reset_peak_if_due();
         }
     }
 
-    /// A line event in activation `act` (which is on top of the stack).
-    #[inline]
+    /// A line event of the activation on top of the stack: one RSS read (plus the peak when
+    /// on), then plain arithmetic on pre-sized slots. No allocation, no Python, no lock.
+    #[inline(always)]
     fn on_line(&mut self, func: usize, line: c_int) {
         if let Some((rss, high)) = self.sample() {
             self.recorder
@@ -280,10 +283,10 @@ unsafe extern "C" fn trace_callback(
     let result = catch_unwind(AssertUnwindSafe(|| {
         let Some(s) = session() else { return };
         match what {
+            // The hot event: "is this the traced frame?" is one compare with the stack top.
             ffi::PyTrace_LINE => {
-                if let Some(top) = s.stack.last() {
-                    if top.key == frame as usize {
-                        let func = top.func;
+                if let Some(&Activation { func, key }) = s.stack.last() {
+                    if key == frame as usize {
                         s.on_line(func, ffi::PyFrame_GetLineNumber(frame));
                     }
                 }
@@ -471,20 +474,73 @@ fn guarded(f: impl FnOnce()) {
     }
 }
 
-#[pyfunction]
-fn _mon_line(code: &Bound<'_, PyAny>, line: c_int) {
+/// The LINE callback, `_mon_line(code, line_number, /)`: a plain `METH_FASTCALL` C function
+/// rather than a `#[pyfunction]`, so a line pays for no argument parsing by name, no GIL-count
+/// bookkeeping and no object besides the (immortal) `None` it returns.
+unsafe extern "C" fn mon_line(
+    _module: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if nargs != 2 {
+        ffi::PyErr_SetString(
+            ffi::PyExc_TypeError,
+            c"_mon_line() takes 2 positional arguments (code, line_number)".as_ptr(),
+        );
+        return std::ptr::null_mut();
+    }
+    let code = *args;
     guarded(|| {
-        // SAFETY: GIL held.
-        if let Some((s, func)) = unsafe { monitoring_session(code) } {
-            let key = code.as_ptr() as usize;
-            match s.stack.last() {
-                Some(top) if top.key == key => {}
-                // A line of a function we did not see start (tracing began inside it).
-                _ => s.enter(func, key, false),
-            }
-            s.on_line(func, line);
+        // SAFETY: GIL held (CPython calls us with it).
+        let Some(s) = (unsafe { session() }) else {
+            return;
+        };
+        // Ours? Code identity first: LINE is enabled on the traced code objects only, so this
+        // hits, and the thread check settles the rest.
+        let Some(func) = s.index_of(code) else { return };
+        if s.backend != Backend::Monitoring || unsafe { ffi::PyThreadState_Get() } != s.thread {
+            return;
         }
-    })
+        // SAFETY: CPython passes the line number as an int.
+        let line = unsafe { ffi::PyLong_AsLong(*args.add(1)) };
+        let line = if line == -1 && unsafe { !ffi::PyErr_Occurred().is_null() } {
+            unsafe { ffi::PyErr_Clear() };
+            0
+        } else {
+            c_int::try_from(line).unwrap_or(0)
+        };
+        let key = code as usize;
+        match s.stack.last() {
+            Some(top) if top.key == key => {}
+            // A line of a function we did not see start (tracing began inside it).
+            _ => s.enter(func, key, false),
+        }
+        s.on_line(func, line);
+    });
+    ffi::Py_NewRef(ffi::Py_None())
+}
+
+static MON_LINE_DEF: GilCell<ffi::PyMethodDef> = GilCell(UnsafeCell::new(ffi::PyMethodDef {
+    ml_name: c"_mon_line".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: mon_line,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"_mon_line($module, code, line_number, /)\n--\n\nsys.monitoring LINE callback."
+        .as_ptr(),
+}));
+
+/// `_mon_line` as a builtin function of module `m` (bound to it, as CPython binds module
+/// functions, so that `inspect` reads the signature without `$module`).
+fn mon_line_function<'py>(m: &Bound<'py, PyModule>) -> PyResult<Bound<'py, PyAny>> {
+    let name = m.name()?;
+    // SAFETY: GIL held; the method definition is static, so it outlives the function object.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            m.py(),
+            ffi::PyCFunction_NewEx(MON_LINE_DEF.0.get(), m.as_ptr(), name.as_ptr()),
+        )
+    }
 }
 
 #[pyfunction]
@@ -933,8 +989,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(is_tracing, m)?)?;
     m.add_function(wrap_pyfunction!(abandon, m)?)?;
+    m.add("_mon_line", mon_line_function(m)?)?;
     for f in [
-        wrap_pyfunction!(_mon_line, m)?,
         wrap_pyfunction!(_mon_start, m)?,
         wrap_pyfunction!(_mon_resume, m)?,
         wrap_pyfunction!(_mon_return, m)?,
