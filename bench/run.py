@@ -141,11 +141,13 @@ def run_plain(func: Callable[..., Any], args: tuple[Any, ...]) -> float:
     return clock() - t
 
 
-def run_memline(backend: str, peak: bool) -> Callable[[Callable[..., Any], tuple[Any, ...]], float]:
+def run_memline(
+    backend: str, peak: bool, metric: str = "rss"
+) -> Callable[[Callable[..., Any], tuple[Any, ...]], float]:
     def run(func: Callable[..., Any], args: tuple[Any, ...]) -> float:
         f = fresh(func)
         t = clock()
-        _memline.start([f.__code__], peak=peak, backend=backend)
+        _memline.start([f.__code__], peak=peak, backend=backend, metric=metric)
         try:
             f(*args)
         finally:
@@ -276,6 +278,11 @@ def workload_a(quick: bool, reps: int, floors: list[dict[str, Any]]) -> list[Row
     lines_small, _ = count_lines(body_loop, n_small)
     tools = [Tool("plain", run_plain, (n,), lines, "plain")]
     tools += memline_tools((n,), lines, "plain", [False, True])
+    # the heap metric (tracemalloc: slows every allocation, and two calls per line)
+    default = BACKENDS[-1]
+    tools.append(
+        Tool(f"memline {default}, heap metric", run_memline(default, True, "heap"), (n,), lines, "plain")
+    )
     if have("line_profiler"):
         tools.append(Tool("line_profiler", run_line_profiler, (n,), lines, "plain"))
     if have("memory_profiler") and have("psutil"):

@@ -5,22 +5,18 @@ engine is available without pytest: :func:`profile` (a decorator, like memory_pr
 :func:`trace` and :func:`tracing` (return tables), ``python -m pytest_memline script.py`` and
 the IPython magic ``%memline`` (``%load_ext pytest_memline``).
 
-Importing this package is cheap: the native module is loaded only when something here needs
-it, and IPython only when the extension is loaded.
+Importing this package is cheap (pytest imports it for the plugin's entry point even when the
+plugin is off): the names below are loaded on first use, the native module only when something
+needs it, and IPython only when the extension is loaded.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_memline._api import Profiled, Trace, Traced, Writer, profile, trace, tracing
-from pytest_memline.table import LineRow, MemoryTable
-
-try:
-    __version__ = version("pytest-memline")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from pytest_memline._api import Profiled, Trace, Traced, Writer, profile, trace, tracing
+    from pytest_memline.table import LineRow, MemoryTable
 
 __all__ = [
     "LineRow",
@@ -35,6 +31,40 @@ __all__ = [
     "trace",
     "tracing",
 ]
+
+_LAZY = {
+    "LineRow": "pytest_memline.table",
+    "MemoryTable": "pytest_memline.table",
+    "Profiled": "pytest_memline._api",
+    "Trace": "pytest_memline._api",
+    "Traced": "pytest_memline._api",
+    "Writer": "pytest_memline._api",
+    "profile": "pytest_memline._api",
+    "trace": "pytest_memline._api",
+    "tracing": "pytest_memline._api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value: Any = version("pytest-memline")
+        except PackageNotFoundError:  # a source tree without an install
+            value = "0+unknown"
+    elif name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'pytest_memline' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -18,19 +18,22 @@ import inspect
 import types
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_memline import _settings
-from pytest_memline._settings import MARKER, MARKER_DOC, TABLES_CHOICES, Settings, TestLimits
+from pytest_memline import _preflight
+from pytest_memline._preflight import MARKER, MARKER_DOC, TABLES_CHOICES
+
+if TYPE_CHECKING:
+    from pytest_memline._settings import Settings, TestLimits
 
 PLUGIN_NAME = "memline-manager"
 #: glibc's initial mmap threshold: allocations above it are mmapped and unmapped when freed.
 MMAP_THRESHOLD = 128 * 1024
 
 #: Per-item state: the limits resolved at setup, and what was measured and found.
-LIMITS_KEY = pytest.StashKey[TestLimits]()
+LIMITS_KEY = pytest.StashKey["TestLimits"]()
 OUTCOME_KEY = pytest.StashKey["TestOutcome"]()
 
 SECTION_TABLE = "memline: memory table"
@@ -204,10 +207,12 @@ def pytest_configure(config: pytest.Config) -> None:
     option = config.getoption("memline", None)
     if option is False:
         return
-    path = _settings.find_pyproject(config.rootpath)
-    table, display = _settings.read_config(path) if option or path else (None, None)
-    if not _settings.enabled_from(option, table):
+    path = _preflight.find_pyproject(config.rootpath)
+    table, display = _preflight.read_config(path) if option or path else (None, None)
+    if not _preflight.enabled_from(option, table):
         return
+    from pytest_memline import _settings
+
     settings = _settings.resolve(
         config.option, table, display, config.rootpath, config.invocation_params.dir
     )
@@ -382,12 +387,12 @@ class MemlinePlugin:
             lines.append("memline: glibc mmap threshold pinned at 128 KiB (--memline-malloc=native: leave it)")
         if s.compare is not None:
             lines.append(
-                f"memline: comparing with {_settings.display(s.compare)} (tolerance "
+                f"memline: comparing with {_preflight.display(s.compare)} (tolerance "
                 f"{s.tolerance} from {s.tolerance.source}, noise floor "
                 f"{self.native.format_size(s.noise_floor.value)} from {s.noise_floor.source})"
             )
         if s.save is not None:
-            lines.append(f"memline: saving passing tests to {_settings.display(s.save)}")
+            lines.append(f"memline: saving passing tests to {_preflight.display(s.save)}")
         lines.extend(self.gate.notes)
         return lines
 
@@ -396,7 +401,9 @@ class MemlinePlugin:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.collected.update(item.nodeid for item in items)
         if self.settings.include and not self.include_paths:
-            self.include_paths = _settings.include_paths(self.settings.include)
+            from pytest_memline._settings import include_paths
+
+            self.include_paths = include_paths(self.settings.include)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.collected.update(item.nodeid for item in items)
@@ -405,9 +412,11 @@ class MemlinePlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        from pytest_memline._settings import MarkerError, parse_marker
+
         try:
-            marker = _settings.parse_marker(item.get_closest_marker(MARKER), item.nodeid)
-        except _settings.MarkerError as exc:
+            marker = parse_marker(item.get_closest_marker(MARKER), item.nodeid)
+        except MarkerError as exc:
             error = str(exc)
         else:
             item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
@@ -505,6 +514,8 @@ class MemlinePlugin:
             no_code_reason=why,
             module_globals=module_globals,
         )
+        from pytest_memline._settings import TestLimits
+
         limits = item.stash.get(LIMITS_KEY, TestLimits())
         checked = table
         if not table.has_source and own is not None and limits.line is not None:
@@ -677,7 +688,7 @@ class MemlinePlugin:
                     changes=self.gate.biggest(10),
                     top_lines=top,
                     over_budget=self.over_budget,
-                    baseline=_settings.display(s.compare) if s.compare else None,
+                    baseline=_preflight.display(s.compare) if s.compare else None,
                 ),
             )
 
@@ -698,7 +709,7 @@ class MemlinePlugin:
                 tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {contents[:80]}")
         summary = getattr(self, "final_summary", None) or self._summary()
         if s.compare is not None:
-            tr.write_sep("=", f"memline: against {_settings.display(s.compare)}")
+            tr.write_sep("=", f"memline: against {_preflight.display(s.compare)}")
             counts = ", ".join(f"{summary[k]} {k}" for k in ("regressed", "improved", "unchanged", "new"))
             if summary["refused"]:
                 counts += f", {summary['refused']} refused (another metric)"
@@ -717,7 +728,7 @@ class MemlinePlugin:
             tr.write_line(f"memline: {self.traced} tests traced, {len(self.over_budget)} over budget")
         for path in (s.json_report, s.markdown_report):
             if path is not None:
-                tr.write_line(f"memline: wrote {_settings.display(path)}")
+                tr.write_line(f"memline: wrote {_preflight.display(path)}")
 
 
 _FORK_HANDLER_REGISTERED = False

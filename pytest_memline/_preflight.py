@@ -1,0 +1,80 @@
+"""What the plugin needs before it knows whether it is on: the marker's and options' names,
+and a look at pyproject.toml. Kept small and free of dataclasses, so that a run with the plugin
+installed but off imports next to nothing (the full resolver is in ``_settings``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MARKER = "mem_limit"
+MARKER_DOC = (
+    "mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None, metric=None): "
+    "pytest-memline budgets. The test fails when its peak RSS growth exceeds `test`, or when any "
+    "line's increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an int "
+    "of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set how "
+    "much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
+    "measured."
+)
+MARKER_KEYWORDS = ("test", "line", "tolerance", "noise_floor", "metric")
+METRICS = ("rss", "heap")
+#: The accepted calls, for error messages.
+MARKER_USAGE = (
+    'mem_limit(test, *, line, tolerance, noise_floor, metric), e.g. mem_limit("60MiB"), '
+    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB") or mem_limit(tolerance="20%")'
+)
+
+TABLES_CHOICES = ("failed", "all", "none")
+
+
+def display(path: str | Path) -> str:
+    """A path as the user would write it: relative to the working directory when below it."""
+    return _display(Path(path))
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def find_pyproject(rootpath: Path) -> Path | None:
+    path = rootpath / "pyproject.toml"
+    return path if path.is_file() else None
+
+
+def read_config(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
+    """``[tool.memline]`` as a dict (parsed by the native module), and the file's display name.
+
+    The native module is imported only when the file mentions memline at all, so that a
+    project that does not use the plugin pays nothing for having it installed.
+    """
+    if path is None:
+        return None, None
+    display = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise pytest.UsageError(f"memline: cannot read {display}: {exc}") from None
+    if "memline" not in text:
+        return None, display
+    from pytest_memline import _memline
+
+    try:
+        return _memline.parse_pyproject(text, display), display
+    except ValueError as exc:
+        raise pytest.UsageError(f"memline: {exc}") from None
+
+
+def enabled_from(option: bool | None, config: Mapping[str, Any] | None) -> bool:
+    if option is not None:
+        return option
+    return bool(config and config.get("enabled"))
+
+
