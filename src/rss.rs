@@ -57,6 +57,9 @@ enum Source {
 /// peak (the kernel's RSS counters are batched per CPU).
 const FLOOR_SLACK: u64 = 256 << 10;
 
+/// The most memory `lift_above_floor` keeps resident in one process.
+const MAX_BALLAST: usize = 64 << 20;
+
 /// A reader of the current process's RSS, with an optional exact peak since the last reset.
 pub struct RssReader {
     source: Source,
@@ -140,6 +143,8 @@ impl RssReader {
                              Peak falls back to Increment"
                                 .into(),
                         );
+                    } else {
+                        reader.lift_above_floor();
                     }
                 }
                 Err(why) => {
@@ -148,6 +153,51 @@ impl RssReader {
             }
         }
         Ok(reader)
+    }
+
+    /// When `ru_maxrss` is held up by an inherited floor a little above our RSS (an xdist worker
+    /// or a tox child is often 2 to 20 MiB below its parent's peak), every line would need the
+    /// slow `VmHWM` read. Instead, keep enough touched memory resident, once per process, that
+    /// RSS stays above the floor: then `clear_refs` resets the peak to a value above it and the
+    /// fast path is exact again. At most `MAX_BALLAST` in all; a larger floor keeps the slow
+    /// path. The memory shows in Mem usage (it is RSS of this process), never in Increment or
+    /// Peak.
+    fn lift_above_floor(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::sync::Mutex;
+            static HELD: Mutex<usize> = Mutex::new(0);
+            self.reset_peak();
+            let (Some(rss), Some(ru)) = (self.current(), self.maxrss()) else {
+                return;
+            };
+            if ru <= rss + FLOOR_SLACK {
+                return;
+            }
+            let Ok(mut held) = HELD.lock() else { return };
+            let need = usize::try_from(ru - rss).unwrap_or(usize::MAX).saturating_add(1 << 20);
+            if held.saturating_add(need) > MAX_BALLAST {
+                return;
+            }
+            // SAFETY: a private anonymous mapping, written within its length and never unmapped
+            // (it must stay resident for the life of the process).
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    need,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    return;
+                }
+                std::ptr::write_bytes(p.cast::<u8>(), 1, need);
+            }
+            *held += need;
+            self.reset_peak();
+        }
     }
 
     /// Opens `/proc/self/status`, for `VmHWM` (see the module docs).
