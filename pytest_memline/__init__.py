@@ -12,7 +12,13 @@ needs it, and IPython only when the extension is loaded.
 
 from __future__ import annotations
 
+from pkgutil import extend_path
 from typing import TYPE_CHECKING, Any
+
+# A source checkout that is on sys.path ahead of a regular (non-editable) install, as with
+# `python -m pytest` run from the repository: the compiled `_memline` is only in the installed
+# copy, so look in every `pytest_memline` folder on sys.path for the package's modules.
+__path__ = extend_path(__path__, __name__)
 
 if TYPE_CHECKING:
     from pytest_memline._api import Profiled, Trace, Traced, Writer, profile, trace, tracing

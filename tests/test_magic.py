@@ -16,6 +16,8 @@ import textwrap
 
 import pytest
 
+pytest.importorskip("IPython", reason="the magic needs IPython (pip install -e '.[test]')")
+
 ROW = re.compile(
     r"^\s*(\d+)\s+(-?[\d.]+) MiB\s+(-?[\d.]+) MiB\s+(-?[\d.]+) MiB\s+(\d+)\s+(.*)$"
 )
