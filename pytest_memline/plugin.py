@@ -354,6 +354,8 @@ class MemlinePlugin:
         self.over_budget: list[tuple[str, str]] = []
         self.collected: set[str] = set()
         self.json_tests: dict[str, Any] = {}
+        # tables measured in this process, waiting for their report (no xdist)
+        self.local_tables: dict[str, tuple[Any, tuple[Any, ...]]] = {}
         self.tracing: pytest.Item | None = None
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(_XdistHooks(self.collected), "memline-xdist")
@@ -572,13 +574,19 @@ class MemlinePlugin:
                 text = outcome.message() + ("\n\n" + text if text else "")
             if text:
                 report.sections.append((SECTION_TABLE, text))
-        report.memline = {  # type: ignore[attr-defined]
-            "table": table.to_dict(),
+        payload = {
             "marked": sorted(table.marked),
             "violations": [v.message(table) for v in outcome.violations],
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
-            "included": [t.to_dict() for t in outcome.included],
         }
+        if self.is_worker:
+            # the tables travel to the xdist controller on the report, as plain data
+            payload["table"] = table.to_dict()
+            payload["included"] = [t.to_dict() for t in outcome.included]
+        else:
+            # this process reports too: hand the objects over as they are
+            self.local_tables[report.nodeid] = (table, outcome.included)
+        report.memline = payload  # type: ignore[attr-defined]
         return report
 
     @staticmethod
@@ -596,7 +604,12 @@ class MemlinePlugin:
         from pytest_memline._gate import Comparison, render_diff
         from pytest_memline.table import MemoryTable
 
-        table = MemoryTable.from_dict(data["table"]).with_marks(data.get("marked", ()))
+        local = self.local_tables.pop(report.nodeid, None)
+        if local is not None:
+            table, included = local[0], list(local[1])
+        else:
+            table = MemoryTable.from_dict(data["table"]).with_marks(data.get("marked", ()))
+            included = [MemoryTable.from_dict(t) for t in data.get("included") or ()]
         if report.outcome == "rerun":
             # pytest-rerunfailures: an attempt that will be run again; its table is shown, but
             # only the last attempt counts (summary, top lines, baselines, reports)
@@ -610,7 +623,6 @@ class MemlinePlugin:
         self.gate.record(report.nodeid, table, report.passed, comparison)
         self._colour_diff(report, comparison, render_diff)
         self._remember_top(report.nodeid, table)
-        included = [MemoryTable.from_dict(t) for t in data.get("included") or ()]
         if self.settings.tables == "all":
             self.tables.append("\n\n".join(t.render() for t in [table, *included]))
         if self.settings.json_report is not None:
@@ -618,9 +630,9 @@ class MemlinePlugin:
                 "outcome": report.outcome,
                 "peak_growth": table.peak_growth,
                 "violations": data["violations"],
-                "table": data["table"],
+                "table": data.get("table") or table.to_dict(),
                 "comparison": data.get("comparison"),
-                "included": data.get("included") or [],
+                "included": data.get("included") or [t.to_dict() for t in included],
             }
 
     def _colour_diff(self, report: pytest.TestReport, comparison: Any, render_diff: Any) -> None:

@@ -110,7 +110,8 @@ class MemoryTable:
         return None
 
     def with_marks(self, marked: Iterable[int]) -> MemoryTable:
-        return dataclasses.replace(self, marked=frozenset(marked))
+        marks = frozenset(marked)
+        return self if marks == self.marked else dataclasses.replace(self, marked=marks)
 
     def render(self, *, header: bool = True) -> str:
         """The table as text, memory_profiler's layout plus a Peak column.

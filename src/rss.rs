@@ -175,7 +175,9 @@ impl RssReader {
                 return;
             }
             let Ok(mut held) = HELD.lock() else { return };
-            let need = usize::try_from(ru - rss).unwrap_or(usize::MAX).saturating_add(1 << 20);
+            let need = usize::try_from(ru - rss)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1 << 20);
             if held.saturating_add(need) > MAX_BALLAST {
                 return;
             }

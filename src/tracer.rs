@@ -62,6 +62,9 @@ struct Activation {
 struct Session {
     recorder: Recorder,
     reader: RssReader,
+    /// How `reader` was opened (to reuse it for the next trace).
+    reader_kind: ReaderKind,
+    reader_peak: bool,
     /// The `heap` metric's meter: when set, samples come from tracemalloc, not from `reader`.
     heap: Option<HeapMeter>,
     exact_peak: bool,
@@ -766,6 +769,27 @@ impl TraceResult {
     }
 }
 
+/// The reader of the last trace, kept for the next one (opening one costs three file opens and
+/// some checks, each test): reused when it was opened the same way, in this process.
+static SPARE_READER: GilCell<Option<(ReaderKind, bool, RssReader)>> =
+    GilCell(UnsafeCell::new(None));
+
+fn take_reader(kind: ReaderKind, peak: bool) -> PyResult<RssReader> {
+    // SAFETY: GIL held (called from `start`).
+    let spare = unsafe { (*SPARE_READER.0.get()).take() };
+    if let Some((k, p, reader)) = spare {
+        if k == kind && p == peak && reader.pid == std::process::id() {
+            return Ok(reader);
+        }
+    }
+    RssReader::open(kind, peak).map_err(PyRuntimeError::new_err)
+}
+
+fn keep_reader(kind: ReaderKind, peak: bool, reader: RssReader) {
+    // SAFETY: GIL held (called from `stop`).
+    unsafe { *SPARE_READER.0.get() = Some((kind, peak, reader)) };
+}
+
 /// Starts tracing the given code objects on the calling thread.
 #[pyfunction]
 #[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto", metric = "rss", include = Vec::new()))]
@@ -825,7 +849,7 @@ pub fn start(
         gens.push(flags & CO_GENERATOR_LIKE != 0);
         code_objs.push(code.unbind());
     }
-    let mut rss = RssReader::open(kind, peak && heap.is_none()).map_err(PyRuntimeError::new_err)?;
+    let mut rss = take_reader(kind, peak && heap.is_none())?;
     let exact_peak = heap.is_some() || rss.exact_peak();
     let start_rss = match &heap {
         Some(h) => {
@@ -848,6 +872,8 @@ pub fn start(
     let mut s = Box::new(Session {
         recorder,
         reader: rss,
+        reader_kind: kind,
+        reader_peak: peak && heap.is_none(),
         heap,
         exact_peak,
         backend,
@@ -934,7 +960,7 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
             },
         )?);
     }
-    Ok(TraceResult {
+    let result = TraceResult {
         start_rss: s.recorder.start_rss,
         end_rss: rss,
         high_rss: s.recorder.high_rss,
@@ -957,7 +983,17 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
         error: s.error.map(str::to_string),
         samples: s.recorder.samples,
         functions,
-    })
+    };
+    if s.error.is_none() {
+        let Session {
+            reader,
+            reader_kind,
+            reader_peak,
+            ..
+        } = *s;
+        keep_reader(reader_kind, reader_peak, reader);
+    }
+    Ok(result)
 }
 
 /// Whether a trace is running.
