@@ -181,21 +181,9 @@ impl RssReader {
             if held.saturating_add(need) > MAX_BALLAST {
                 return;
             }
-            // SAFETY: a private anonymous mapping, written within its length and never unmapped
-            // (it must stay resident for the life of the process).
-            unsafe {
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    need,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                if p == libc::MAP_FAILED {
-                    return;
-                }
-                std::ptr::write_bytes(p.cast::<u8>(), 1, need);
+            // never unmapped: it must stay resident for the life of the process
+            if touched_mapping(need).is_none() {
+                return;
             }
             *held += need;
             self.reset_peak();
@@ -375,6 +363,27 @@ impl RssReader {
     }
 }
 
+/// A private anonymous mapping of `len` bytes, every page written (so resident).
+#[cfg(target_os = "linux")]
+fn touched_mapping(len: usize) -> Option<*mut libc::c_void> {
+    // SAFETY: a fresh private anonymous mapping, written only within its length.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        std::ptr::write_bytes(p.cast::<u8>(), 1, len);
+        Some(p)
+    }
+}
+
 /// Whether a write to clear_refs really resets the peak (a container may mask the file with
 /// one that accepts writes and does nothing). Checked once per process: touch and free 4 MiB,
 /// reset, and see the peak come back down.
@@ -386,22 +395,11 @@ fn reset_really_works(reader: &mut RssReader) -> bool {
         const PROBE: usize = 4 << 20;
         // a few tries: another thread allocating between the reset and the read spoils one
         (0..3).any(|_| {
-            // SAFETY: a private anonymous mapping, written only within its length, then unmapped.
-            unsafe {
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    PROBE,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                if p == libc::MAP_FAILED {
-                    return true; // cannot check: trust the write
-                }
-                std::ptr::write_bytes(p.cast::<u8>(), 1, PROBE);
-                libc::munmap(p, PROBE);
-            }
+            let Some(p) = touched_mapping(PROBE) else {
+                return true; // cannot check: trust the write
+            };
+            // SAFETY: `p` is a mapping of PROBE bytes made by `touched_mapping`.
+            unsafe { libc::munmap(p, PROBE) };
             let reset = reader.reset_peak();
             let peak = reader.vm_hwm().or_else(|| reader.peak_since_reset());
             match (reader.current(), peak) {
