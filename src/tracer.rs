@@ -21,7 +21,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyCFunction, PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 
 use crate::heap::HeapMeter;
 use crate::lines::Recorder;
@@ -457,13 +457,15 @@ const LOCAL_EVENTS: u32 = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | 
 const TOOL_IDS: [u8; 3] = [2, 3, 4];
 const TOOL_NAME: &str = "pytest-memline";
 
+/// The session and the function index for a monitoring event on `code`, when the code is one
+/// of ours and the event comes from the traced thread. Code identity first (cheapest).
 #[inline]
-unsafe fn monitoring_session(code: &Bound<'_, PyAny>) -> Option<(&'static mut Session, usize)> {
+unsafe fn monitoring_session(code: *mut ffi::PyObject) -> Option<(&'static mut Session, usize)> {
     let s = session()?;
+    let func = s.index_of(code)?;
     if s.backend != Backend::Monitoring || ffi::PyThreadState_Get() != s.thread {
         return None;
     }
-    let func = s.index_of(code.as_ptr())?;
     Some((s, func))
 }
 
@@ -494,16 +496,11 @@ unsafe extern "C" fn mon_line(
     }
     let code = *args;
     guarded(|| {
-        // SAFETY: GIL held (CPython calls us with it).
-        let Some(s) = (unsafe { session() }) else {
+        // SAFETY: GIL held (CPython calls us with it). LINE is enabled on the traced code
+        // objects only, so the identity check hits, and the thread check settles the rest.
+        let Some((s, func)) = (unsafe { monitoring_session(code) }) else {
             return;
         };
-        // Ours? Code identity first: LINE is enabled on the traced code objects only, so this
-        // hits, and the thread check settles the rest.
-        let Some(func) = s.index_of(code) else { return };
-        if s.backend != Backend::Monitoring || unsafe { ffi::PyThreadState_Get() } != s.thread {
-            return;
-        }
         // SAFETY: CPython passes the line number as an int.
         let line = unsafe { ffi::PyLong_AsLong(*args.add(1)) };
         let line = if line == -1 && unsafe { !ffi::PyErr_Occurred().is_null() } {
@@ -552,7 +549,7 @@ fn _mon_start(py: Python<'_>, code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny
     let mut answer = py.None();
     guarded(|| {
         // SAFETY: GIL held.
-        if let Some((s, func)) = unsafe { monitoring_session(code) } {
+        if let Some((s, func)) = unsafe { monitoring_session(code.as_ptr()) } {
             s.enter(func, code.as_ptr() as usize, true);
             return;
         }
@@ -596,7 +593,7 @@ fn _mon_start(py: Python<'_>, code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny
 fn _mon_resume(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) {
     guarded(|| {
         // SAFETY: GIL held.
-        if let Some((s, func)) = unsafe { monitoring_session(code) } {
+        if let Some((s, func)) = unsafe { monitoring_session(code.as_ptr()) } {
             s.enter(func, code.as_ptr() as usize, false);
         }
     })
@@ -607,7 +604,7 @@ fn _mon_resume(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) {
 fn _mon_return(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) {
     guarded(|| {
         // SAFETY: GIL held.
-        if let Some((s, _)) = unsafe { monitoring_session(code) } {
+        if let Some((s, _)) = unsafe { monitoring_session(code.as_ptr()) } {
             s.leave(code.as_ptr() as usize, false);
         }
     })
@@ -618,7 +615,7 @@ fn _mon_return(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bou
 fn _mon_yield(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) {
     guarded(|| {
         // SAFETY: GIL held.
-        if let Some((s, _)) = unsafe { monitoring_session(code) } {
+        if let Some((s, _)) = unsafe { monitoring_session(code.as_ptr()) } {
             s.leave(code.as_ptr() as usize, true);
         }
     })
@@ -1026,14 +1023,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_tracing, m)?)?;
     m.add_function(wrap_pyfunction!(abandon, m)?)?;
     m.add("_mon_line", mon_line_function(m)?)?;
-    for f in [
-        wrap_pyfunction!(_mon_start, m)?,
-        wrap_pyfunction!(_mon_resume, m)?,
-        wrap_pyfunction!(_mon_return, m)?,
-        wrap_pyfunction!(_mon_yield, m)?,
-    ] {
-        let f: Bound<'_, PyCFunction> = f;
-        m.add_function(f)?;
-    }
+    m.add_function(wrap_pyfunction!(_mon_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_resume, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_return, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_yield, m)?)?;
     Ok(())
 }
