@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from pytest_memline._settings import Settings, TestLimits
 
 PLUGIN_NAME = "memline-manager"
-#: glibc's initial mmap threshold: allocations above it are mmapped and unmapped when freed.
-MMAP_THRESHOLD = 128 * 1024
 
 #: Per-item state: the limits resolved at setup, and what was measured and found.
 LIMITS_KEY = pytest.StashKey["TestLimits"]()
@@ -143,9 +141,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--memline-malloc",
         choices=("fixed", "native"),
         default=None,
-        help="fixed (default): pin glibc's mmap threshold at 128 KiB, so that large buffers come "
-        "from and go back to the OS and a line's Increment does not depend on the tests that ran "
-        "before; native: leave malloc as it is.",
+        help="fixed (default): return malloc's free memory to the kernel before each test "
+        "(malloc_trim), so that a line's Increment does not depend on what the tests before it "
+        "freed; native: leave malloc as it is.",
     )
     group.addoption(
         "--memline-include",
@@ -341,7 +339,8 @@ class MemlinePlugin:
         self.is_worker = hasattr(config, "workerinput")
         self.probe = probe or _memline.probe_reader(settings.reader, settings.peak)
         _register_fork_handler(_memline)
-        self.malloc_fixed = settings.malloc == "fixed" and _memline.fix_mmap_threshold(MMAP_THRESHOLD)
+        # True where there is a glibc malloc to trim (checked by trimming once)
+        self.malloc_fixed = settings.malloc == "fixed" and _memline.trim_malloc()
         # resolved after collection, when the test modules (and sys.path entries) are in place
         self.include_paths: list[str] = []
         self.gate = Gate(settings, config.rootpath)
@@ -386,7 +385,10 @@ class MemlinePlugin:
             f"{', '.join(limits) if limits else 'none'}{where}"
         )
         if self.malloc_fixed:
-            lines.append("memline: glibc mmap threshold pinned at 128 KiB (--memline-malloc=native: leave it)")
+            lines.append(
+                "memline: malloc's free memory is trimmed before each test "
+                "(--memline-malloc=native: leave malloc alone)"
+            )
         if s.compare is not None:
             lines.append(
                 f"memline: comparing with {_preflight.display(s.compare)} (tolerance "
@@ -453,6 +455,11 @@ class MemlinePlugin:
             import gc
 
             gc.collect()
+        if self.malloc_fixed:
+            # every test starts from the same allocator state: memory freed by earlier tests
+            # (and by the plugin between tests) goes back to the kernel instead of being reused
+            # silently by this test's allocations
+            self.native.trim_malloc()
         failure: str | None = None
         try:
             self.native.start(

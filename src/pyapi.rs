@@ -107,25 +107,25 @@ fn probe_reader<'py>(py: Python<'py>, reader: &str, peak: bool) -> PyResult<Boun
     Ok(d)
 }
 
-/// Fixes glibc's mmap threshold (`mallopt(M_MMAP_THRESHOLD, bytes)`), which also turns off
-/// its dynamic adjustment. Returns False where there is no glibc malloc to tune.
+/// Returns the free memory of glibc's heaps to the kernel (`malloc_trim(0)`, which also releases
+/// free pages in the middle of a heap). False where there is no glibc malloc.
 #[pyfunction]
-fn fix_mmap_threshold(bytes: i32) -> bool {
+fn trim_malloc() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt only sets allocator parameters.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+        // SAFETY: malloc_trim only releases memory that malloc holds free.
+        unsafe { libc::malloc_trim(0) };
+        true
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
-        let _ = bytes;
         false
     }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
-    m.add_function(wrap_pyfunction!(fix_mmap_threshold, m)?)?;
+    m.add_function(wrap_pyfunction!(trim_malloc, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_percent, m)?)?;
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
