@@ -2,7 +2,7 @@
 //!
 //! Fast path (Linux): `/proc/self/statm` opened once and read with `pread`; the peak since a
 //! reset comes from writing `5` to `/proc/self/clear_refs` (resets VmHWM to the current RSS)
-//! and reading `getrusage(RUSAGE_SELF).ru_maxrss`. Portable path: `sysinfo`, no exact peak.
+//! and reading `getrusage(RUSAGE_THREAD).ru_maxrss` (the process's peak; see `RUSAGE_WHO`). Portable path: `sysinfo`, no exact peak.
 //!
 //! `ru_maxrss` never reads below the kernel's `signal->maxrss`, which the reset does not touch:
 //! the peak of the image this process replaced at `exec` (for a process spawned with
@@ -56,6 +56,15 @@ enum Source {
 /// ru_maxrss may exceed the RSS read just before or after by this much without a transient
 /// peak (the kernel's RSS counters are batched per CPU).
 const FLOOR_SLACK: u64 = 256 << 10;
+
+/// Whose usage `getrusage` reads. On Linux, `RUSAGE_THREAD` gives the same `ru_maxrss` as
+/// `RUSAGE_SELF` (both are the process's `signal->maxrss` raised to the mm's high-water mark; the
+/// memory is per process either way) without summing the CPU times of every thread under the
+/// signal lock: about 200 ns a call instead of 350 on this machine kind.
+#[cfg(target_os = "linux")]
+const RUSAGE_WHO: libc::c_int = libc::RUSAGE_THREAD;
+#[cfg(all(unix, not(target_os = "linux")))]
+const RUSAGE_WHO: libc::c_int = libc::RUSAGE_SELF;
 
 /// The most memory `lift_above_floor` keeps resident in one process.
 const MAX_BALLAST: usize = 64 << 20;
@@ -348,7 +357,7 @@ impl RssReader {
         {
             let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
             // SAFETY: getrusage writes a full rusage into the pointer on success.
-            let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+            let rc = unsafe { libc::getrusage(RUSAGE_WHO, usage.as_mut_ptr()) };
             if rc != 0 {
                 return None;
             }

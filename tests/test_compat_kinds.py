@@ -297,16 +297,26 @@ def test_threads_are_noted_and_their_memory_is_counted(pytester: pytest.Pytester
 
         def test_no_thread():
             a = bytearray(2**20)
+
+
+        def test_transient_in_thread():
+            t = threading.Thread(target=lambda: bytearray(60 * 2**20))
+            t.start(); t.join()
+            b = bytearray(2**20)
         """
     )
     result = run(pytester, "--memline-tables=all")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     tests = traced(pytester)
     joined = tests["test_threads.py::test_joined_thread"]
     note = "the test started threads: RSS is per process, so their memory is in these numbers, but their lines are not traced"
     assert joined["table"]["notes"] == [note]
     assert_mib(joined["peak_growth"], 25)
     assert tests["test_threads.py::test_no_thread"]["table"]["notes"] == []
+    # another thread's transient peak is in the kernel's per-process peak, read from this thread
+    transient = row(tests["test_threads.py::test_transient_in_thread"], "t.start(); t.join()")
+    assert_mib(transient["peak"], 60)
+    assert_mib(transient["increment"], 0)
     result.stdout.fnmatch_lines(["test_threads.py::test_joined_thread  *", "*", f"note: {note}"])
 
 
