@@ -25,7 +25,6 @@ DEFAULT_BACKEND = "monitoring" if MONITORING else "settrace"
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    pytester.plugins.append("no:randomly")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
     # when this suite runs under xdist, inner sessions must not think they are xdist workers
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):

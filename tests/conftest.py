@@ -29,6 +29,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _inner_sessions_in_file_order(request: pytest.FixtureRequest) -> None:
     """pytest-randomly (installed for the compatibility tests) would shuffle every inner session
-    and reseed `random`; they run in file order unless a test is marked `shuffled`."""
+    and reseed `random` (and the order changes what glibc's allocator has cached, so the
+    numbers); they run in file order unless a test is marked `shuffled`."""
     if "pytester" in request.fixturenames and request.node.get_closest_marker("shuffled") is None:
         request.getfixturevalue("pytester").plugins.append("no:randomly")

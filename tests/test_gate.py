@@ -31,14 +31,6 @@ def test_steady():
 """
 
 
-@pytest.fixture
-def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
-    """Inner sessions run in file order: pytest-randomly (installed for the compatibility tests)
-    would shuffle them, and the order changes what glibc's allocator has cached, so the numbers."""
-    pytester.plugins.append("no:randomly")
-    return pytester
-
-
 def write_suite(pytester: pytest.Pytester, a: int = 10, header: str = "") -> None:
     pytester.makepyfile(test_suite=header + TWO_TESTS.format(a=a))
 
