@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CROSS_TARGETS := x86_64-apple-darwin x86_64-pc-windows-msvc
 
 .DEFAULT_GOAL := help
 
@@ -32,6 +33,15 @@ test: install-test ## install into .venv, then run the Rust unit tests and the w
 lint: install-test ## rustfmt, clippy, mypy and the stub check
 	cargo fmt --check
 	PYO3_PYTHON=$(abspath $(PY)) cargo clippy --all-targets -- -D warnings
+	@# macOS and Windows (the portable RSS reader): checked when their std is installed
+	@# (`rustup target add x86_64-apple-darwin x86_64-pc-windows-msvc`), else skipped
+	@for t in $(CROSS_TARGETS); do \
+	  if rustup target list --installed 2>/dev/null | grep -qx $$t; then \
+	    echo "clippy --target $$t"; \
+	    PYO3_CROSS=1 PYO3_CROSS_PYTHON_VERSION=3.12 cargo clippy --quiet --target $$t \
+	      --target-dir target/cross --all-targets -- -D warnings || exit 1; \
+	  else echo "clippy --target $$t: skipped (rustup target add $$t)"; fi; \
+	done
 	$(PY) -m mypy pytest_memline
 	$(PY) -m mypy.stubtest pytest_memline._memline
 

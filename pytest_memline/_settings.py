@@ -8,6 +8,7 @@ so that a failure can say which limit it broke and where that limit was set.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import platform
 import sys
@@ -92,6 +93,10 @@ class MarkerLimits:
     metric: str | None = None
 
 
+NO_RULE = Rule("")
+NO_MARKER = MarkerLimits()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run of the plugin needs, resolved once in ``pytest_configure``."""
@@ -118,14 +123,26 @@ class Settings:
 
     def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
         """Value by value: the marker, then the first matching rule, then the run's defaults."""
-        rule = next((r for r in self.rules if fnmatch.fnmatchcase(nodeid, r.pattern)), Rule(""))
-        m = marker or MarkerLimits()
+        if marker is None and not self.rules:
+            return self._defaults  # most tests: computed once per run
+        rule = next((r for r in self.rules if fnmatch.fnmatchcase(nodeid, r.pattern)), NO_RULE)
+        m = marker or NO_MARKER
         return TestLimits(
             test=m.test or rule.test_limit or self.test_limit,
             line=m.line or rule.line_limit or self.line_limit,
             tolerance=m.tolerance or rule.tolerance or self.tolerance,
             noise_floor=m.noise_floor or rule.noise_floor or self.noise_floor,
             metric=m.metric or self.metric,
+        )
+
+    @functools.cached_property
+    def _defaults(self) -> TestLimits:
+        return TestLimits(
+            test=self.test_limit,
+            line=self.line_limit,
+            tolerance=self.tolerance,
+            noise_floor=self.noise_floor,
+            metric=self.metric,
         )
 
 

@@ -210,7 +210,7 @@ def _last_line(code: types.CodeType) -> int:
 
 
 def source_of(
-    code: types.CodeType, module_globals: Mapping[str, Any] | None = None
+    code: types.CodeType, module_globals: dict[str, Any] | None = None
 ) -> tuple[list[str], str | None]:
     """The source lines of ``code`` (first line to last), or ``([], why not)``.
 
@@ -218,7 +218,7 @@ def source_of(
     by any loader with ``get_source``) has its source found through its loader."""
     filename = code.co_filename
     try:
-        lines = linecache.getlines(filename, dict(module_globals) if module_globals else None)
+        lines = linecache.getlines(filename, module_globals)
     except Exception as exc:  # a broken loader: say so, never fail the test for it
         return [], f"no per-line view: reading {filename} failed ({exc})"
     if not lines:
@@ -242,7 +242,7 @@ def build_table(
     metric: str = "rss",
     notes: Sequence[str] = (),
     no_code_reason: str | None = None,
-    module_globals: Mapping[str, Any] | None = None,
+    module_globals: dict[str, Any] | None = None,
 ) -> MemoryTable:
     """A table from a native trace: ``lines`` are ``(lineno, increment, peak, mem_usage,
     occurrences)`` for the lines that ran."""

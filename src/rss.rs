@@ -67,9 +67,12 @@ const RUSAGE_WHO: libc::c_int = libc::RUSAGE_THREAD;
 const RUSAGE_WHO: libc::c_int = libc::RUSAGE_SELF;
 
 /// The most memory `lift_above_floor` keeps resident in one process.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const MAX_BALLAST: usize = 64 << 20;
 
 /// A reader of the current process's RSS, with an optional exact peak since the last reset.
+/// (The statm and status buffers are used on Linux only.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub struct RssReader {
     source: Source,
     /// `/proc/self/clear_refs`, open for writing, when the kernel lets us reset the peak.
