@@ -283,7 +283,22 @@ def _test_function(item: pytest.Item) -> tuple[types.CodeType | None, str | None
     code = getattr(func, "__code__", None)
     if isinstance(code, types.CodeType):
         return code, None, getattr(func, "__globals__", None)
-    return None, f"no per-line view: the test object {obj!r} has no Python code", None
+    if type(item).__name__ == "DoctestItem":
+        why = (
+            "no per-line view: a doctest's examples are compiled as it runs; the totals cover "
+            "the whole doctest"
+        )
+    elif obj is None:
+        why = f"no per-line view: {type(item).__name__} items have no Python test function"
+    else:
+        why = f"no per-line view: the test object {obj!r} has no Python code"
+    return None, why, None
+
+
+def _location(item: pytest.Item) -> tuple[str, str]:
+    """What the test is and where, for the header of a table without source."""
+    path, _, domain = item.location
+    return domain, path
 
 
 @dataclass
@@ -522,6 +537,7 @@ class MemlinePlugin:
             notes=notes,
             no_code_reason=why,
             module_globals=module_globals,
+            location=_location(item) if code is None else None,
         )
         from pytest_memline._settings import TestLimits
 

@@ -243,9 +243,11 @@ def build_table(
     notes: Sequence[str] = (),
     no_code_reason: str | None = None,
     module_globals: dict[str, Any] | None = None,
+    location: tuple[str, str] | None = None,
 ) -> MemoryTable:
     """A table from a native trace: ``lines`` are ``(lineno, increment, peak, mem_usage,
-    occurrences)`` for the lines that ran."""
+    occurrences)`` for the lines that ran. ``location``: ``(what, filename)`` to name in the
+    header when there is no code object (a doctest, say)."""
     all_notes = list(notes)
     rows: list[LineRow] = []
     if metric == "heap":
@@ -254,7 +256,7 @@ def build_table(
         lines = [(ln, inc, pk, mem - start_rss, occ) for ln, inc, pk, mem, occ in lines]
         start_rss, end_rss = 0, end_rss - start_rss
     if code is None:
-        function, filename = "?", "?"
+        function, filename = location or ("?", "?")
         all_notes.append(no_code_reason or "no per-line view: the test has no Python code object")
     else:
         function, filename = code.co_qualname, code.co_filename

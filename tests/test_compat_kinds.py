@@ -1,7 +1,8 @@
 """Issue 5, points 4 and 5: every kind of test is traced and charged right, in real sessions.
 
 Async tests (pytest-asyncio), parametrized tests, methods, unittest.TestCase, decorated tests,
-skip/xfail/raise inside, KeyboardInterrupt, fork, subprocesses, threads, generator tests.
+skip/xfail/raise inside, KeyboardInterrupt, fork, subprocesses, threads, generator tests,
+doctests.
 """
 
 from __future__ import annotations
@@ -323,3 +324,40 @@ def test_threads_are_noted_and_their_memory_is_counted(pytester: pytest.Pytester
 def test_backend_named_in_header(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="def test_one():\n    pass\n")
     run(pytester).stdout.fnmatch_lines([f"memline: on (backend {DEFAULT_BACKEND}, RSS via procfs, *"])
+
+
+def test_doctests_are_measured_as_a_whole_and_budgeted(pytester: pytest.Pytester) -> None:
+    """`--doctest-modules` / `--doctest-glob` items have no test function: each doctest gets its
+    totals (peak growth) and a header naming it, and `[[tool.memline.limits]]` budgets apply."""
+    pytester.makepyfile(
+        mod='''
+        def grow():
+            """
+            >>> a = bytearray(30 * 2**20)
+            >>> len(a)
+            31457280
+            """
+        '''
+    )
+    pytester.maketxtfile(guide=">>> b = bytearray(12 * 2**20)\n>>> len(b) > 0\nTrue\n")
+    pytester.makepyprojecttoml(
+        """
+        [[tool.memline.limits]]
+        match = "mod.py::*"
+        test_limit = "20MiB"
+        """
+    )
+    result = run(pytester, "--doctest-modules", "--doctest-glob=*.txt", "--memline-tables=all")
+    result.assert_outcomes(passed=1, failed=1)
+    tests = traced(pytester)
+    assert set(tests) == {"mod.py::mod.grow", "guide.txt::guide.txt"}
+    assert_mib(tests["mod.py::mod.grow"]["peak_growth"], 30)
+    assert_mib(tests["guide.txt::guide.txt"]["peak_growth"], 12)
+    note = "no per-line view: a doctest's examples are compiled as it runs; the totals cover the whole doctest"
+    assert tests["mod.py::mod.grow"]["table"]["notes"] == [note]
+    result.stdout.fnmatch_lines(
+        [
+            "mod.py::mod.grow  ([[]doctest[]] mod.grow in mod.py)",
+            "FAILED mod.py::mod.grow - Failed: memline: test peak RSS growth of * MiB is over the test limit of 20 MiB*",
+        ]
+    )
