@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pytest_memline._preflight import count
 from pytest_memline._settings import Settings, TestLimits, display
 from pytest_memline.table import MemoryTable, mib, signed_mib
 
@@ -284,7 +285,7 @@ class Gate:
                 f"memline: warning: the existing baseline {path} was unusable "
                 f"({report['backup_reason']}); it was moved to {report['backup']}"
             )
-        kept = f" (kept {report['kept']} other entries)" if report["kept"] else ""
-        lines.append(f"memline: saved {report['written']} tests to {path}{kept}")
+        kept = f" (kept {count(report['kept'], 'other entry')})" if report["kept"] else ""
+        lines.append(f"memline: saved {count(report['written'], 'test')} to {path}{kept}")
         self.saved = path
         return lines

@@ -31,6 +31,13 @@ MARKER_USAGE = (
 TABLES_CHOICES = ("failed", "all", "none")
 
 
+def count(n: int, noun: str) -> str:
+    """``1 test``, ``2 tests``, ``1 other entry``, ``3 other entries``."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
 def display(path: str | Path) -> str:
     """A path as the user would write it: relative to the working directory when below it."""
     return _display(Path(path))

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_memline._gate import describe_group
+from pytest_memline._preflight import count
 from pytest_memline.table import mib, signed_mib
 
 JSON_FORMAT = "pytest-memline-report"
@@ -101,7 +102,7 @@ def markdown_report(
     icon = ":x:" if summary.get("regressed") or summary.get("over_budget") else ":white_check_mark:"
     out.append(f"## {icon} pytest-memline")
     out.append("")
-    out.append(f"{summary.get('traced', 0)} tests traced, {summary.get('over_budget', 0)} over budget.")
+    out.append(f"{count(summary.get('traced', 0), 'test')} traced, {summary.get('over_budget', 0)} over budget.")
     if baseline is not None:
         out.append(f"Against `{baseline}`: {counts}, {len(gone)} gone.")
     out.append("")

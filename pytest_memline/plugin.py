@@ -739,7 +739,7 @@ class MemlinePlugin:
                 tr.write_line(text)
                 tr.write_line("")
         if s.top > 0 and self.top:
-            tr.write_sep("=", f"memline: top {len(self.top)} lines by increment")
+            tr.write_sep("=", f"memline: top {_preflight.count(len(self.top), 'line')} by increment")
             for inc, _, nodeid, lineno, contents in sorted(self.top, reverse=True):
                 tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {contents[:80]}")
         summary = getattr(self, "final_summary", None) or self._summary()
@@ -760,7 +760,10 @@ class MemlinePlugin:
         for line in getattr(self, "saved_lines", []):
             tr.write_line(line)
         if self.traced:
-            tr.write_line(f"memline: {self.traced} tests traced, {len(self.over_budget)} over budget")
+            tr.write_line(
+                f"memline: {_preflight.count(self.traced, 'test')} traced, "
+                f"{len(self.over_budget)} over budget"
+            )
         for path in (s.json_report, s.markdown_report):
             if path is not None:
                 tr.write_line(f"memline: wrote {_preflight.display(path)}")

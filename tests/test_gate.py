@@ -105,7 +105,7 @@ def test_unchanged_suite_passes_and_subset_saves_keep_other_entries(pytester: py
     pytester.runpytest_subprocess("--memline", "--memline-save").assert_outcomes(passed=2)
     before = baseline(pytester)["tests"]["test_suite.py::test_steady"]
     result = pytester.runpytest_subprocess("--memline", "--memline-save", "-k", "grows")
-    result.stdout.fnmatch_lines(["memline: saved 1 tests to .memline/baseline.json (kept 1 other entries)"])
+    result.stdout.fnmatch_lines(["memline: saved 1 test to .memline/baseline.json (kept 1 other entry)"])
     doc = baseline(pytester)
     assert doc["tests"]["test_suite.py::test_steady"] == before
     result = pytester.runpytest_subprocess("--memline", "--memline-compare")
