@@ -284,15 +284,44 @@ def _test_function(item: pytest.Item) -> tuple[types.CodeType | None, str | None
     if isinstance(code, types.CodeType):
         return code, None, getattr(func, "__globals__", None)
     if type(item).__name__ == "DoctestItem":
-        why = (
-            "no per-line view: a doctest's examples are compiled as it runs; the totals cover "
-            "the whole doctest"
-        )
+        # with examples, the table has a row per example (see _doctest)
+        why = "no per-line view: the doctest has no examples"
     elif obj is None:
         why = f"no per-line view: {type(item).__name__} items have no Python test function"
     else:
         why = f"no per-line view: the test object {obj!r} has no Python code"
     return None, why, None
+
+
+def _doctest(item: pytest.Item) -> Any:
+    """The ``doctest.DocTest`` of a doctest item with examples, else ``None``."""
+    if type(item).__name__ != "DoctestItem":
+        return None
+    dtest = getattr(item, "dtest", None)
+    return dtest if getattr(dtest, "examples", None) else None
+
+
+def _doctest_prefix(dtest: Any) -> str:
+    """What the ``co_filename`` of every example of ``dtest`` starts with: doctest compiles
+    example ``i`` as a module named ``<doctest NAME[i]>``."""
+    return f"<doctest {dtest.name}["
+
+
+def _split_examples(dtest: Any, functions: list[Any]) -> tuple[dict[int, Any], list[Any]]:
+    """The measured lines of each example of ``dtest`` (its module-level code; functions that
+    an example defines are charged to the lines that call them), and the other functions."""
+    prefix = _doctest_prefix(dtest)
+    examples: dict[int, Any] = {}
+    others = []
+    for f in functions:
+        name = f.code.co_filename
+        if not name.startswith(prefix):
+            others.append(f)
+        elif f.code.co_name == "<module>" and name.endswith("]>"):
+            index = name[len(prefix) : -2]
+            if index.isdigit():
+                examples[int(index)] = f.lines
+    return examples, others
 
 
 def _location(item: pytest.Item) -> tuple[str, str]:
@@ -462,7 +491,11 @@ class MemlinePlugin:
             # overrides runtest and then calls the original (pytest-asyncio's, for one)
             return (yield)
         code, why, module_globals = _test_function(item)
+        dtest = _doctest(item) if code is None else None
         s = self.settings
+        include = self.include_paths
+        if dtest is not None:
+            include = [*include, _doctest_prefix(dtest) + "*"]
         metric = item.stash[LIMITS_KEY].metric if LIMITS_KEY in item.stash else s.metric
         threads_done = _watch_threads()
         if metric == "heap":
@@ -483,7 +516,7 @@ class MemlinePlugin:
                 reader=s.reader,
                 backend=s.backend,
                 metric=metric,
-                include=self.include_paths,
+                include=include,
             )
         except RuntimeError as exc:
             failure = str(exc)
@@ -525,6 +558,10 @@ class MemlinePlugin:
             )
         functions = list(trace.functions)
         own = functions.pop(0) if code is not None and functions else None
+        dtest = _doctest(item) if code is None else None
+        examples: dict[int, Any] = {}
+        if dtest is not None:
+            examples, functions = _split_examples(dtest, functions)
         table = build_table(
             title=item.nodeid,
             code=code,
@@ -538,6 +575,8 @@ class MemlinePlugin:
             no_code_reason=why,
             module_globals=module_globals,
             location=_location(item) if code is None else None,
+            doctest=dtest,
+            examples=examples,
         )
         from pytest_memline._settings import TestLimits
 

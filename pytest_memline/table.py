@@ -244,20 +244,32 @@ def build_table(
     no_code_reason: str | None = None,
     module_globals: dict[str, Any] | None = None,
     location: tuple[str, str] | None = None,
+    doctest: Any = None,
+    examples: Mapping[int, Sequence[Measured]] | None = None,
 ) -> MemoryTable:
     """A table from a native trace: ``lines`` are ``(lineno, increment, peak, mem_usage,
     occurrences)`` for the lines that ran. ``location``: ``(what, filename)`` to name in the
-    header when there is no code object (a doctest, say)."""
+    header when there is no code object; ``doctest`` (a ``doctest.DocTest``) and ``examples``
+    (see ``doctest_rows``): the rows of a doctest, which has none."""
     all_notes = list(notes)
     rows: list[LineRow] = []
     if metric == "heap":
         # tracemalloc counts from when the trace started: show the heap relative to the start
         # of the test's body, which is the same on every run (the set-up before it is not)
-        lines = [(ln, inc, pk, mem - start_rss, occ) for ln, inc, pk, mem, occ in lines]
+        def relative(measured: Sequence[Measured]) -> list[Measured]:
+            return [(ln, inc, pk, mem - start_rss, occ) for ln, inc, pk, mem, occ in measured]
+
+        lines = relative(lines)
+        examples = {i: relative(m) for i, m in (examples or {}).items()}
         start_rss, end_rss = 0, end_rss - start_rss
     if code is None:
         function, filename = location or ("?", "?")
-        all_notes.append(no_code_reason or "no per-line view: the test has no Python code object")
+        why: str | None = no_code_reason or "no per-line view: the test has no Python code object"
+        if doctest is not None:
+            found, why = doctest_rows(doctest, examples or {})
+            rows.extend(found)
+        if why is not None:
+            all_notes.append(why)
     else:
         function, filename = code.co_qualname, code.co_filename
         source, why = source_of(code, module_globals)
@@ -286,3 +298,43 @@ def build_table(
         metric=metric,
         notes=tuple(all_notes),
     )
+
+
+#: A line measured by the native tracer: ``(lineno, increment, peak, mem_usage, occurrences)``.
+Measured = tuple[int, int, int, int, int]
+
+
+def doctest_rows(
+    dtest: Any, examples: Mapping[int, Sequence[Measured]]
+) -> tuple[list[LineRow], str | None]:
+    """The rows of a doctest (a ``doctest.DocTest``): its source from the first example to the
+    end of the last one's expected output, each example's numbers on its ``>>>`` line, or
+    ``([], why not)``. ``examples``: the measured lines of each example that ran, by its index.
+
+    An example is compiled and run as a module of its own: its Increment is the sum of its
+    lines' (usually one), its Peak the highest of theirs, its Mem usage that of its last line."""
+    lines = linecache.getlines(dtest.filename) if dtest.filename else []
+    if dtest.lineno is None or not lines or not dtest.examples:
+        return [], "no per-line view: the doctest's source lines are not available"
+    starts = []
+    for example in dtest.examples:
+        at = dtest.lineno + example.lineno  # both 0-based
+        first = example.source.splitlines()[0].strip() if example.source.strip() else ""
+        if at >= len(lines) or not lines[at].strip().startswith(">>>") or first not in lines[at]:
+            return [], f"no per-line view: {dtest.filename} does not match the doctest"
+        starts.append(at)
+    last = dtest.examples[-1]
+    end = min(len(lines), starts[-1] + last.source.count("\n") + last.want.count("\n"))
+    by_line = dict(zip(starts, range(len(starts))))
+    rows = []
+    for at in range(starts[0], end):
+        text = lines[at].rstrip("\r\n")
+        measured = examples.get(by_line[at], ()) if at in by_line else ()
+        if not measured:
+            rows.append(LineRow(at + 1, text))
+            continue
+        increment = sum(m[1] for m in measured)
+        peak = max(m[2] for m in measured)
+        mem_usage = max(measured)[3]  # the example's last line
+        rows.append(LineRow(at + 1, text, mem_usage, increment, peak, 1))
+    return rows, None

@@ -86,7 +86,8 @@ struct Session {
     thread: *mut ffi::PyThreadState,
     /// The first problem met inside a callback, raised or reported when the trace stops.
     error: Option<&'static str>,
-    /// `include`: functions whose file is one of these (a path ending in `/` is a folder) are
+    /// `include`: functions whose file is one of these (a path ending in `/` is a folder, one
+    /// ending in `*` a prefix: `<doctest mod.f[*` is the examples of one doctest) are
     /// traced too, found as they are first called; `seen` remembers every code object looked at
     /// (holding it, so that its address cannot be reused by another during the trace).
     include: Vec<String>,
@@ -138,7 +139,9 @@ impl Session {
         let filename: Option<String> = obj.getattr("co_filename").and_then(|f| f.extract()).ok();
         let included = filename.is_some_and(|f| {
             self.include.iter().any(|p| {
-                if p.ends_with('/') {
+                if let Some(prefix) = p.strip_suffix('*') {
+                    f.starts_with(prefix)
+                } else if p.ends_with('/') {
                     f.starts_with(p.as_str())
                 } else {
                     f == *p

@@ -326,16 +326,23 @@ def test_backend_named_in_header(pytester: pytest.Pytester) -> None:
     run(pytester).stdout.fnmatch_lines([f"memline: on (backend {DEFAULT_BACKEND}, RSS via procfs, *"])
 
 
-def test_doctests_are_measured_as_a_whole_and_budgeted(pytester: pytest.Pytester) -> None:
-    """`--doctest-modules` / `--doctest-glob` items have no test function: each doctest gets its
-    totals (peak growth) and a header naming it, and `[[tool.memline.limits]]` budgets apply."""
+def test_doctests_get_a_row_per_example_and_budgets(pytester: pytest.Pytester, backend: str) -> None:
+    """`--doctest-modules` / `--doctest-glob` items have no test function: each example is
+    compiled as a module of its own and traced as one, and its numbers go on its `>>>` line of
+    the docstring or text file. A function defined in one example is charged to the example that
+    calls it. `[[tool.memline.limits]]` budgets (by node id) apply to the rows."""
     pytester.makepyfile(
         mod='''
         def grow():
-            """
+            """Grows.
+
             >>> a = bytearray(30 * 2**20)
             >>> len(a)
             31457280
+            >>> def make(n):
+            ...     return bytearray(n * 2**20)
+            >>> b = make(10)
+            >>> del a
             """
         '''
     )
@@ -344,20 +351,36 @@ def test_doctests_are_measured_as_a_whole_and_budgeted(pytester: pytest.Pytester
         """
         [[tool.memline.limits]]
         match = "mod.py::*"
-        test_limit = "20MiB"
+        line_limit = "20MiB"
         """
     )
-    result = run(pytester, "--doctest-modules", "--doctest-glob=*.txt", "--memline-tables=all")
+    result = run(pytester, "--doctest-modules", "--doctest-glob=*.txt", "--memline-tables=all", f"--memline-backend={backend}")
     result.assert_outcomes(passed=1, failed=1)
     tests = traced(pytester)
     assert set(tests) == {"mod.py::mod.grow", "guide.txt::guide.txt"}
-    assert_mib(tests["mod.py::mod.grow"]["peak_growth"], 30)
-    assert_mib(tests["guide.txt::guide.txt"]["peak_growth"], 12)
-    note = "no per-line view: a doctest's examples are compiled as it runs; the totals cover the whole doctest"
-    assert tests["mod.py::mod.grow"]["table"]["notes"] == [note]
+    grow = tests["mod.py::mod.grow"]
+    assert grow["table"]["notes"] == []
+    assert row(grow, ">>> a = bytearray(30 * 2**20)")["line"] == 4
+    assert_mib(row(grow, ">>> a = bytearray(30 * 2**20)")["increment"], 30)
+    assert_mib(row(grow, ">>> b = make(10)")["increment"], 10)
+    assert_mib(row(grow, ">>> del a")["increment"], -30)
+    assert row(grow, "31457280")["occurrences"] == 0  # expected output: no numbers
+    assert_mib(grow["peak_growth"], 40)
+    guide = tests["guide.txt::guide.txt"]
+    assert row(guide, ">>> b = bytearray(12 * 2**20)")["line"] == 1
+    assert_mib(row(guide, ">>> b = bytearray(12 * 2**20)")["increment"], 12)
     result.stdout.fnmatch_lines(
         [
             "mod.py::mod.grow  ([[]doctest[]] mod.grow in mod.py)",
-            "FAILED mod.py::mod.grow - Failed: memline: test peak RSS growth of * MiB is over the test limit of 20 MiB*",
+            "*",
+            "Line #*",
+            "*",
+            ">    4 *30.0 MiB*30.0 MiB*>>> a = bytearray(30 [*] 2[*][*]20)",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "memline: line 4 `>>> a = bytearray(30 [*] 2[*][*]20)` grew RSS by * MiB, over the line limit of 20 MiB*",
+            "FAILED mod.py::mod.grow*",
         ]
     )
