@@ -5,6 +5,8 @@
 //!   It sees every event of the thread; for frames that are not traced it costs one pointer
 //!   compare (line events) or one code-object lookup (call events). It chains to the trace
 //!   function that was installed before (coverage's C tracer, say), so both keep working.
+//!   On 3.11, when it is alone, the functions the traced code calls run untraced altogether
+//!   (`quiet`: a frame-evaluation hook turns the thread's tracing flag off for them).
 //! - `monitoring` (3.12+): `sys.monitoring` with a free tool id, LINE/PY_* events enabled on the
 //!   traced code objects only, so code elsewhere pays nothing.
 //!
@@ -26,6 +28,20 @@ use pyo3::types::{PyList, PyTuple};
 use crate::heap::HeapMeter;
 use crate::lines::Recorder;
 use crate::rss::{ReaderKind, RssReader};
+
+#[cfg(all(Py_3_11, not(Py_3_12), not(PyPy)))]
+mod quiet;
+/// Elsewhere callees are already untraced (`sys.monitoring`) or the hook does not apply.
+#[cfg(not(all(Py_3_11, not(Py_3_12), not(PyPy))))]
+mod quiet {
+    pub(super) fn install(_words: &[usize], _trace_func: usize) -> bool {
+        false
+    }
+    pub(super) fn uninstall() {}
+    pub(super) fn active() -> bool {
+        false
+    }
+}
 
 /// Pre-sized per-function line slots: functions shorter than this never allocate on a line.
 const LINE_SLOTS: usize = 256;
@@ -401,7 +417,10 @@ fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
         let slot = (0..TSTATE_WORDS - 2)
             .find(|&i| after[i] == ours && after[i + 2] == handle.as_ptr() as usize);
         match slot {
-            Some(i) if before[i] == 0 => {}
+            Some(i) if before[i] == 0 => {
+                // Alone on the thread: on 3.11 the test's callees can run untraced.
+                quiet::install(&after, i);
+            }
             Some(i) if before[i + 2] == prev_obj_ptr as usize => {
                 s.prev_func = Some(std::mem::transmute::<usize, ffi::Py_tracefunc>(before[i]));
                 s.prev_obj = (!previous.is_none()).then(|| previous.clone().unbind());
@@ -423,6 +442,7 @@ fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
 /// Removes our trace function if it is still installed, restoring the previous one.
 /// Returns whether someone else replaced ours meanwhile.
 fn uninstall_settrace(py: Python<'_>, s: &mut Session) -> bool {
+    quiet::uninstall();
     let handle_ptr = s
         .handle
         .as_ref()
@@ -1003,6 +1023,13 @@ pub fn is_tracing() -> bool {
     unsafe { session() }.is_some()
 }
 
+/// Whether the functions the running trace's code calls run untraced (Python 3.11, `settrace`
+/// backend, memline's trace function alone on the thread): for tests.
+#[pyfunction]
+fn _callees_untraced() -> bool {
+    quiet::active()
+}
+
 /// In a forked child: drop the parent's trace without measuring anything.
 #[pyfunction]
 pub fn abandon(py: Python<'_>) -> PyResult<()> {
@@ -1025,6 +1052,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stop, m)?)?;
     m.add_function(wrap_pyfunction!(is_tracing, m)?)?;
     m.add_function(wrap_pyfunction!(abandon, m)?)?;
+    m.add_function(wrap_pyfunction!(_callees_untraced, m)?)?;
     m.add("_mon_line", mon_line_function(m)?)?;
     m.add_function(wrap_pyfunction!(_mon_start, m)?)?;
     m.add_function(wrap_pyfunction!(_mon_resume, m)?)?;

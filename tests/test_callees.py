@@ -1,0 +1,206 @@
+"""Python 3.11: the functions a traced test calls run untraced (src/tracer/quiet.rs).
+
+memline's C trace function would otherwise put every frame of the thread on CPython 3.11's slow,
+traced path. While a test is traced, a frame-evaluation hook runs the test's callees with tracing
+off; their memory is still charged to the line that called them. These sessions check that the
+hook is on when it should be and off when it must be (another tracer, a profiler, a debugger,
+coverage), that what it turns off comes back for the tools that need it, and that deep recursion
+does not exhaust the C stack (with the hook, 3.11 does not inline Python calls).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from compat_util import MONITORING, assert_mib, need, row, run, traced
+
+pytestmark = pytest.mark.skipif(
+    MONITORING, reason="3.12+ traces with sys.monitoring, which never reports callees' lines"
+)
+
+HELPERS = """
+import sys
+import threading
+
+import pytest
+from pytest_memline import _memline
+
+
+def build(n):
+    return bytearray(n * 2**20)
+
+
+def down(n):
+    return 0 if n == 0 else 1 + down(n - 1)
+
+
+@pytest.fixture
+def hook_removed_after():
+    yield
+    # fixture teardown runs after the test's trace stopped
+    assert not _memline._callees_untraced()
+"""
+
+
+def test_callees_untraced_and_charged_to_the_calling_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_q=HELPERS
+        + """
+
+def test_calls(hook_removed_after):
+    on = _memline._callees_untraced()
+    data = build(20)
+    kept = [build(1) for _ in range(3)]
+    assert on
+
+
+def test_next(hook_removed_after):
+    more = build(7)
+    assert _memline._callees_untraced()
+"""
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2)
+    tests = traced(pytester)
+    calls = tests["test_q.py::test_calls"]
+    assert_mib(row(calls, "data = build(20)")["increment"], 20)
+    # the comprehension is a callee too: its 3 MiB are charged to its line, which ran once
+    kept = row(calls, "kept = [build(1) for _ in range(3)]")
+    assert_mib(kept["increment"], 3)
+    assert kept["occurrences"] == 1
+    assert_mib(row(tests["test_q.py::test_next"], "more = build(7)")["increment"], 7)
+
+
+def test_tools_that_need_the_callees_still_see_them(pytester: pytest.Pytester) -> None:
+    """A profiler or a tracer started inside the test sees the callees: the hook steps aside."""
+    pytester.makepyfile(
+        test_tools=HELPERS
+        + """
+
+def test_profiler():
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    data = build(3)
+    prof.disable()
+    assert "build" in {name for (_, _, name) in pstats.Stats(prof).stats}
+
+
+def test_own_tracer():
+    seen = []
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            seen.append(frame.f_code.co_name)
+        return tracer
+
+    sys.settrace(tracer)
+    data = build(3)
+    sys.settrace(None)
+    assert "build" in seen
+
+
+def test_traced_after_them():
+    data = build(5)
+"""
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=3)
+    tests = traced(pytester)
+    assert_mib(row(tests["test_tools.py::test_profiler"], "data = build(3)")["increment"], 3)
+    assert_mib(row(tests["test_tools.py::test_traced_after_them"], "data = build(5)")["increment"], 5)
+
+
+def test_deep_recursion_with_a_raised_limit(pytester: pytest.Pytester) -> None:
+    """100,000 nested calls, in the test's thread and in another: past 1,000 the hook steps aside
+    so that calls are inlined again (without that, this process dies of a C stack overflow)."""
+    pytester.makepyfile(
+        test_deep=HELPERS
+        + """
+
+def test_deep():
+    sys.setrecursionlimit(250_000)
+    depth = down(100_000)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(down(100_000)))
+    worker.start()
+    worker.join()
+    data = build(4)
+    assert depth == 100_000 and out == [100_000]
+    assert _memline._callees_untraced()
+"""
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert_mib(row(traced(pytester)["test_deep.py::test_deep"], "data = build(4)")["increment"], 4)
+
+
+def test_debugger_in_a_callee_steps_back_into_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_pdb=HELPERS
+        + """
+
+def helper():
+    x = 41
+    breakpoint()
+    return x + 1
+
+
+def test_bp():
+    a = bytearray(5 * 2**20)
+    helper()
+    b = bytearray(6 * 2**20)
+    assert a and b
+"""
+    )
+    # in the callee: print x, run to its return, step into the test's frame, print a test local
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "--memline", "--memline-json=memline.json"],
+        input="p x\nr\nn\np len(a)\nc\n", capture_output=True, text=True, timeout=120, cwd=pytester.path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "(Pdb) 41" in proc.stdout
+    assert "(Pdb) 5242880" in proc.stdout, proc.stdout  # pdb stepped out of the callee into the test
+    assert "1 passed" in proc.stdout
+    bp = traced(pytester)["test_pdb.py::test_bp"]
+    assert_mib(row(bp, "a = bytearray(5 * 2**20)")["increment"], 5)
+    assert any("another trace function (a debugger?) replaced memline's" in n for n in bp["table"]["notes"])
+
+
+def test_off_when_coverage_traces_too(pytester: pytest.Pytester) -> None:
+    """coverage's C tracer is chained and must see every line: the hook is not installed."""
+    need("pytest_cov")
+    pytester.makepyfile(
+        test_cov=HELPERS
+        + """
+
+def test_with_coverage():
+    data = build(6)
+    assert not _memline._callees_untraced()
+"""
+    )
+    result = run(pytester, "--cov=test_cov", "--cov-report=term-missing")
+    result.assert_outcomes(passed=1)
+    # build() ran under coverage: its body is not among the missed lines (`down` is)
+    source = (pytester.path / "test_cov.py").read_text().splitlines()
+    build_body = source.index("    return bytearray(n * 2**20)") + 1
+    down_body = source.index("    return 0 if n == 0 else 1 + down(n - 1)") + 1
+    report = [line for line in result.stdout.lines if re.match(r"test_cov\.py\s+\d", line)]
+    assert len(report) == 1, result.stdout.str()
+    missed = missed_lines(report[0])
+    assert down_body in missed and build_body not in missed, report[0]
+    assert_mib(row(traced(pytester)["test_cov.py::test_with_coverage"], "data = build(6)")["increment"], 6)
+
+
+def missed_lines(report_line: str) -> set[int]:
+    """The line numbers in the Missing column of a `term-missing` row ("7, 12-14")."""
+    missed: set[int] = set()
+    for part in re.findall(r"\d+(?:-\d+)?", report_line.split("%", 1)[1]):
+        first, _, last = part.partition("-")
+        missed.update(range(int(first), int(last or first) + 1))
+    return missed
