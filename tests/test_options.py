@@ -112,7 +112,8 @@ OPTIONS = [
 
 
 def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--help")
+    # (in-process: pytest-asyncio, when installed, would warn into this session's summary)
+    result = pytester.runpytest("--help", "-p", "no:asyncio")
     assert result.ret == 0
     lines = result.stdout.lines
     start = lines.index("line-by-line memory tables and budgets (pytest-memline):")
@@ -128,7 +129,7 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
 
 
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--markers")
+    result = pytester.runpytest("--markers", "-p", "no:asyncio")
     result.stdout.fnmatch_lines(
         ["@pytest.mark.mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None, metric=None): pytest-memline budgets. *"]
     )
