@@ -74,6 +74,45 @@ def test_next(hook_removed_after):
     assert_mib(row(tests["test_q.py::test_next"], "more = build(7)")["increment"], 7)
 
 
+def test_lines_after_a_raising_callee_and_around_an_untraced_generator(pytester: pytest.Pytester) -> None:
+    """The flag is put back when a callee raises, and each time an untraced generator yields."""
+    pytester.makepyfile(
+        test_flow=HELPERS
+        + """
+
+def fails(n):
+    data = bytearray(n * 2**20)
+    raise ValueError(len(data))
+
+
+def chunks(k):
+    for _ in range(k):
+        yield bytearray(2**20)
+
+
+def test_flow():
+    try:
+        fails(8)
+    except ValueError:
+        caught = True
+    after = build(9)
+    kept = []
+    for chunk in chunks(5):
+        kept.append(chunk)
+    assert caught and len(kept) == 5
+"""
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    test = traced(pytester)["test_flow.py::test_flow"]
+    assert row(test, "caught = True")["occurrences"] == 1
+    assert_mib(row(test, "after = build(9)")["increment"], 9)
+    assert row(test, "for chunk in chunks(5):")["occurrences"] == 6
+    assert row(test, "kept.append(chunk)")["occurrences"] == 5
+    # the generator's 5 MiB are made while the `for` line runs, and kept
+    assert_mib(row(test, "for chunk in chunks(5):")["increment"], 5)
+
+
 def test_tools_that_need_the_callees_still_see_them(pytester: pytest.Pytester) -> None:
     """A profiler or a tracer started inside the test sees the callees: the hook steps aside."""
     pytester.makepyfile(
