@@ -47,6 +47,9 @@ mod quiet {
 const LINE_SLOTS: usize = 256;
 /// How many words of `PyThreadState` to scan for the trace-function slot.
 const TSTATE_WORDS: usize = 40;
+/// `PYTEST_MEMLINE_TRACE_CALLEES=1`: on 3.11, run the traced code's callees on the trace
+/// function's path too (no frame-evaluation hook; see `quiet`), as before that hook existed.
+const TRACE_CALLEES_ENV: &str = "PYTEST_MEMLINE_TRACE_CALLEES";
 /// At most this many suspended generator/coroutine activations are remembered.
 const MAX_SUSPENDED: usize = 64;
 
@@ -418,8 +421,11 @@ fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
             .find(|&i| after[i] == ours && after[i + 2] == handle.as_ptr() as usize);
         match slot {
             Some(i) if before[i] == 0 => {
-                // Alone on the thread: on 3.11 the test's callees can run untraced.
-                quiet::install(&after, i);
+                // Alone on the thread: on 3.11 the test's callees can run untraced (unless the
+                // user turned that off to rule it out).
+                if std::env::var_os(TRACE_CALLEES_ENV).is_none_or(|v| v != "1") {
+                    quiet::install(&after, i);
+                }
             }
             Some(i) if before[i + 2] == prev_obj_ptr as usize => {
                 s.prev_func = Some(std::mem::transmute::<usize, ffi::Py_tracefunc>(before[i]));

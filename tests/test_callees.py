@@ -113,6 +113,23 @@ def test_flow():
     assert_mib(row(test, "for chunk in chunks(5):")["increment"], 5)
 
 
+def test_turned_off_by_the_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYTEST_MEMLINE_TRACE_CALLEES=1: no hook, callees traced the ordinary way; same table."""
+    monkeypatch.setenv("PYTEST_MEMLINE_TRACE_CALLEES", "1")
+    pytester.makepyfile(
+        test_env=HELPERS
+        + """
+
+def test_calls():
+    data = build(12)
+    assert not _memline._callees_untraced()
+"""
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert_mib(row(traced(pytester)["test_env.py::test_calls"], "data = build(12)")["increment"], 12)
+
+
 def test_tools_that_need_the_callees_still_see_them(pytester: pytest.Pytester) -> None:
     """A profiler or a tracer started inside the test sees the callees: the hook steps aside."""
     pytester.makepyfile(
