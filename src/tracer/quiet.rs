@@ -14,6 +14,8 @@
 //! any other frame started on the traced thread runs with it off, at full speed, and so does
 //! everything that frame calls. When the frame returns, the caller's flag is put back.
 //!
+//! `PYTEST_MEMLINE_TRACE_CALLEES=1` in the environment turns it off (see `install_settrace`).
+//!
 //! It applies only when memline's trace function is alone on the thread (no chained tracer such
 //! as coverage's, no profiler) and no other frame-evaluation function is installed. If another
 //! tracer or profiler is set during the test (a debugger), frames are evaluated unchanged from
