@@ -366,14 +366,25 @@ def test_json_markdown_and_junit_reports(pytester: pytest.Pytester) -> None:
 
 
 def test_flakiness_script_runs(pytester: pytest.Pytester) -> None:
-    """bench/flakiness.py: save once, compare N times, count false regressions (N=2 here)."""
+    """bench/flakiness.py: save once, compare 6 times, count false regressions.
+
+    At most 1 of the 120 comparisons may be a false alarm. A line that is systematically
+    unstable between runs (one that is bimodal, as a 330k-entry dict line once was on 3.12)
+    regresses in about half the runs and fails this. A single isolated blip does not: CI on
+    2026-11-26 saw one, on 3.12, `items = [str(i) * 8 for i in range(8 * 20000)]` at 17.6
+    instead of 15.8 MiB in 1 of 2 compare runs. 38 local compare runs of the same 20 tests
+    (alone, under CPU contention, and started from a 600 MiB parent) gave 0 false regressions,
+    and that test read 15.8 MiB in 20 more runs.
+    """
     script = Path(__file__).parent.parent / "bench" / "flakiness.py"
     run = subprocess.run(
-        [sys.executable, str(script), "--repeat", "2", "--tests", "20", "--workdir", str(pytester.path / "w")],
+        [sys.executable, str(script), "--repeat", "6", "--tests", "20", "--workdir", str(pytester.path / "w")],
         capture_output=True, text=True, timeout=600,
     )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "false regressions: 0 in 2 compare runs of 20 tests" in run.stdout
+    m = re.search(r"^false regressions: (\d+) in 6 compare runs of 20 tests$", run.stdout, re.M)
+    assert m is not None, run.stdout + run.stderr
+    assert run.returncode == (1 if int(m.group(1)) else 0)
+    assert int(m.group(1)) <= 1, run.stdout
 
 
 def test_colour_only_on_a_terminal(pytester: pytest.Pytester) -> None:
