@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from compat_util import MONITORING, assert_mib, need, row, run, traced
@@ -45,10 +46,22 @@ def hook_removed_after():
 """
 
 
+def session(
+    pytester: pytest.Pytester, name: str, tests: str, passed: int, *args: str
+) -> tuple[pytest.RunResult, dict[str, Any]]:
+    """An inner ``--memline`` session of module ``name`` (HELPERS + ``tests``), in which
+    ``passed`` tests pass; its result and its traced tests by node id."""
+    pytester.makepyfile(**{name: HELPERS + tests})
+    result = run(pytester, *args)
+    result.assert_outcomes(passed=passed)
+    return result, traced(pytester)
+
+
 def test_callees_untraced_and_charged_to_the_calling_line(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_q=HELPERS
-        + """
+    _, tests = session(
+        pytester,
+        "test_q",
+        """
 
 def test_calls(hook_removed_after):
     on = _memline._callees_untraced()
@@ -60,11 +73,9 @@ def test_calls(hook_removed_after):
 def test_next(hook_removed_after):
     more = build(7)
     assert _memline._callees_untraced()
-"""
+""",
+        passed=2,
     )
-    result = run(pytester)
-    result.assert_outcomes(passed=2)
-    tests = traced(pytester)
     calls = tests["test_q.py::test_calls"]
     assert_mib(row(calls, "data = build(20)")["increment"], 20)
     # the comprehension is a callee too: its 3 MiB are charged to its line, which ran once
@@ -76,9 +87,10 @@ def test_next(hook_removed_after):
 
 def test_lines_after_a_raising_callee_and_around_an_untraced_generator(pytester: pytest.Pytester) -> None:
     """The flag is put back when a callee raises, and each time an untraced generator yields."""
-    pytester.makepyfile(
-        test_flow=HELPERS
-        + """
+    _, tests = session(
+        pytester,
+        "test_flow",
+        """
 
 def fails(n):
     data = bytearray(n * 2**20)
@@ -100,11 +112,10 @@ def test_flow():
     for chunk in chunks(5):
         kept.append(chunk)
     assert caught and len(kept) == 5
-"""
+""",
+        passed=1,
     )
-    result = run(pytester)
-    result.assert_outcomes(passed=1)
-    test = traced(pytester)["test_flow.py::test_flow"]
+    test = tests["test_flow.py::test_flow"]
     assert row(test, "caught = True")["occurrences"] == 1
     assert_mib(row(test, "after = build(9)")["increment"], 9)
     assert row(test, "for chunk in chunks(5):")["occurrences"] == 6
@@ -116,25 +127,26 @@ def test_flow():
 def test_turned_off_by_the_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """PYTEST_MEMLINE_TRACE_CALLEES=1: no hook, callees traced the ordinary way; same table."""
     monkeypatch.setenv("PYTEST_MEMLINE_TRACE_CALLEES", "1")
-    pytester.makepyfile(
-        test_env=HELPERS
-        + """
+    _, tests = session(
+        pytester,
+        "test_env",
+        """
 
 def test_calls():
     data = build(12)
     assert not _memline._callees_untraced()
-"""
+""",
+        passed=1,
     )
-    result = run(pytester)
-    result.assert_outcomes(passed=1)
-    assert_mib(row(traced(pytester)["test_env.py::test_calls"], "data = build(12)")["increment"], 12)
+    assert_mib(row(tests["test_env.py::test_calls"], "data = build(12)")["increment"], 12)
 
 
 def test_tools_that_need_the_callees_still_see_them(pytester: pytest.Pytester) -> None:
     """A profiler or a tracer started inside the test sees the callees: the hook steps aside."""
-    pytester.makepyfile(
-        test_tools=HELPERS
-        + """
+    _, tests = session(
+        pytester,
+        "test_tools",
+        """
 
 def test_profiler():
     import cProfile
@@ -163,11 +175,9 @@ def test_own_tracer():
 
 def test_traced_after_them():
     data = build(5)
-"""
+""",
+        passed=3,
     )
-    result = run(pytester)
-    result.assert_outcomes(passed=3)
-    tests = traced(pytester)
     assert_mib(row(tests["test_tools.py::test_profiler"], "data = build(3)")["increment"], 3)
     assert_mib(row(tests["test_tools.py::test_traced_after_them"], "data = build(5)")["increment"], 5)
 
@@ -175,9 +185,10 @@ def test_traced_after_them():
 def test_deep_recursion_with_a_raised_limit(pytester: pytest.Pytester) -> None:
     """100,000 nested calls, in the test's thread and in another: past 1,000 the hook steps aside
     so that calls are inlined again (without that, this process dies of a C stack overflow)."""
-    pytester.makepyfile(
-        test_deep=HELPERS
-        + """
+    _, tests = session(
+        pytester,
+        "test_deep",
+        """
 
 def test_deep():
     sys.setrecursionlimit(250_000)
@@ -189,11 +200,10 @@ def test_deep():
     data = build(4)
     assert depth == 100_000 and out == [100_000]
     assert _memline._callees_untraced()
-"""
+""",
+        passed=1,
     )
-    result = run(pytester)
-    result.assert_outcomes(passed=1)
-    assert_mib(row(traced(pytester)["test_deep.py::test_deep"], "data = build(4)")["increment"], 4)
+    assert_mib(row(tests["test_deep.py::test_deep"], "data = build(4)")["increment"], 4)
 
 
 def test_debugger_in_a_callee_steps_back_into_the_test(pytester: pytest.Pytester) -> None:
@@ -231,17 +241,19 @@ def test_bp():
 def test_off_when_coverage_traces_too(pytester: pytest.Pytester) -> None:
     """coverage's C tracer is chained and must see every line: the hook is not installed."""
     need("pytest_cov")
-    pytester.makepyfile(
-        test_cov=HELPERS
-        + """
+    result, tests = session(
+        pytester,
+        "test_cov",
+        """
 
 def test_with_coverage():
     data = build(6)
     assert not _memline._callees_untraced()
-"""
+""",
+        1,
+        "--cov=test_cov",
+        "--cov-report=term-missing",
     )
-    result = run(pytester, "--cov=test_cov", "--cov-report=term-missing")
-    result.assert_outcomes(passed=1)
     # build() ran under coverage: its body is not among the missed lines (`down` is)
     source = (pytester.path / "test_cov.py").read_text().splitlines()
     build_body = source.index("    return bytearray(n * 2**20)") + 1
@@ -250,7 +262,7 @@ def test_with_coverage():
     assert len(report) == 1, result.stdout.str()
     missed = missed_lines(report[0])
     assert down_body in missed and build_body not in missed, report[0]
-    assert_mib(row(traced(pytester)["test_cov.py::test_with_coverage"], "data = build(6)")["increment"], 6)
+    assert_mib(row(tests["test_cov.py::test_with_coverage"], "data = build(6)")["increment"], 6)
 
 
 def missed_lines(report_line: str) -> set[int]:
