@@ -34,9 +34,7 @@ mod quiet;
 /// Elsewhere callees are already untraced (`sys.monitoring`) or the hook does not apply.
 #[cfg(not(all(Py_3_11, not(Py_3_12), not(PyPy))))]
 mod quiet {
-    pub(super) fn install(_words: &[usize], _trace_func: usize) -> bool {
-        false
-    }
+    pub(super) fn install(_words: &[usize], _trace_func: usize) {}
     pub(super) fn uninstall() {}
     pub(super) fn active() -> bool {
         false

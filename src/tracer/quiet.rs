@@ -82,6 +82,13 @@ impl Quiet {
         self.word(tstate, self.cframe) as *mut u8
     }
 
+    /// Whether `tstate` is the traced thread, with memline's trace function alone on it and a
+    /// C frame to flag: the frames this module may switch tracing off for.
+    #[inline(always)]
+    unsafe fn owns(&self, tstate: *mut ffi::PyThreadState) -> bool {
+        tstate == self.tstate && self.alone(tstate) && !self.flag(tstate).is_null()
+    }
+
     /// Whether memline's trace function is the thread's only tracer, and no profiler is set.
     #[inline(always)]
     unsafe fn alone(&self, tstate: *mut ffi::PyThreadState) -> bool {
@@ -133,12 +140,8 @@ unsafe extern "C" fn eval_frame(
     if depth >= MAX_DEPTH {
         return step_aside(q, tstate, frame, throwflag);
     }
-    let ours = tstate == q.tstate && q.alone(tstate) && !q.flag(tstate).is_null();
-    if !ours {
-        DEPTH.with(|d| d.set(depth + 1));
-        let result = _PyEval_EvalFrameDefault(tstate, frame, throwflag);
-        DEPTH.with(|d| d.set(depth));
-        return result;
+    if !q.owns(tstate) {
+        return nested(depth, tstate, frame, throwflag);
     }
     let code = (frame as *const *mut ffi::PyObject)
         .add(FRAME_CODE_WORD)
@@ -146,10 +149,22 @@ unsafe extern "C" fn eval_frame(
     let flag = q.flag(tstate);
     let saved = *flag;
     *flag = if wants_tracing(code) { TRACING_ON } else { 0 };
+    let result = nested(depth, tstate, frame, throwflag);
+    q.restore(tstate, saved);
+    result
+}
+
+/// The interpreter's evaluation of `frame`, counted as one more nested call on this thread.
+#[inline(always)]
+unsafe fn nested(
+    depth: u32,
+    tstate: *mut ffi::PyThreadState,
+    frame: *mut ffi::_PyInterpreterFrame,
+    throwflag: c_int,
+) -> *mut ffi::PyObject {
     DEPTH.with(|d| d.set(depth + 1));
     let result = _PyEval_EvalFrameDefault(tstate, frame, throwflag);
     DEPTH.with(|d| d.set(depth));
-    q.restore(tstate, saved);
     result
 }
 
@@ -163,8 +178,7 @@ unsafe fn step_aside(
 ) -> *mut ffi::PyObject {
     let interp = ffi::PyThreadState_GetInterpreter(tstate);
     ffi::_PyInterpreterState_SetEvalFrameFunc(interp, None);
-    let ours = tstate == q.tstate && q.alone(tstate) && !q.flag(tstate).is_null();
-    let saved = if ours {
+    let saved = if q.owns(tstate) {
         let flag = q.flag(tstate);
         let saved = *flag;
         *flag = TRACING_ON;
@@ -182,18 +196,26 @@ unsafe fn step_aside(
     result
 }
 
-unsafe fn no_other_hook(interp: *mut ffi::PyInterpreterState) -> bool {
+/// The frame-evaluation function installed in `interp`, as an address.
+unsafe fn hook_of(interp: *mut ffi::PyInterpreterState) -> usize {
     ffi::_PyInterpreterState_GetEvalFrameFunc(interp) as usize
-        == _PyEval_EvalFrameDefault as *const () as usize
+}
+
+unsafe fn no_other_hook(interp: *mut ffi::PyInterpreterState) -> bool {
+    hook_of(interp) == _PyEval_EvalFrameDefault as *const () as usize
+}
+
+unsafe fn hook_is_ours(interp: *mut ffi::PyInterpreterState) -> bool {
+    hook_of(interp) == eval_frame as *const () as usize
 }
 
 /// Right after our trace function was installed in slot `trace_func` of the thread state
 /// (`words` = the thread state's first words then), with no tracer before it: check the
-/// neighbouring fields are what 3.11's `PyThreadState` has there, then install the hook.
-/// Returns whether it was installed.
-pub(super) fn install(words: &[usize], trace_func: usize) -> bool {
+/// neighbouring fields are what 3.11's `PyThreadState` has there, then install the hook. When
+/// any check fails nothing is installed, and every frame is traced the ordinary way.
+pub(super) fn install(words: &[usize], trace_func: usize) {
     if trace_func < 2 || trace_func + 2 >= words.len() {
-        return false;
+        return;
     }
     let q = Quiet {
         // SAFETY: GIL held (called from `start`).
@@ -208,21 +230,21 @@ pub(super) fn install(words: &[usize], trace_func: usize) -> bool {
     unsafe {
         if words[q.profile_func] != 0 || !no_other_hook(ffi::PyThreadState_GetInterpreter(q.tstate))
         {
-            return false;
+            return;
         }
         let cframe = words[q.cframe] as *const usize;
         if cframe.is_null() || *(cframe as *const u8) != TRACING_ON {
-            return false;
+            return;
         }
         let current = cframe.add(1).read() as *const usize;
         let caller = ffi::PyEval_GetFrame();
         if current.is_null() || caller.is_null() {
-            return false;
+            return;
         }
         let code = ffi::PyFrame_GetCode(caller) as *mut ffi::PyObject;
         ffi::Py_DECREF(code);
         if current.add(FRAME_CODE_WORD).read() != code as usize {
-            return false;
+            return;
         }
         *QUIET.0.get() = Some(q);
         ffi::_PyInterpreterState_SetEvalFrameFunc(
@@ -230,7 +252,6 @@ pub(super) fn install(words: &[usize], trace_func: usize) -> bool {
             Some(eval_frame),
         );
     }
-    true
 }
 
 /// Removes the hook (if it is ours and installed). Frames still running through it finish
@@ -242,9 +263,7 @@ pub(super) fn uninstall() {
             return;
         };
         let interp = ffi::PyThreadState_GetInterpreter(q.tstate);
-        if ffi::_PyInterpreterState_GetEvalFrameFunc(interp) as usize
-            == eval_frame as *const () as usize
-        {
+        if hook_is_ours(interp) {
             ffi::_PyInterpreterState_SetEvalFrameFunc(interp, None);
         }
     }
@@ -253,9 +272,5 @@ pub(super) fn uninstall() {
 /// Whether the hook is installed (for tests).
 pub(super) fn active() -> bool {
     // SAFETY: GIL held (a pyfunction calls it).
-    unsafe {
-        (*QUIET.0.get()).is_some()
-            && ffi::_PyInterpreterState_GetEvalFrameFunc(ffi::PyInterpreterState_Get()) as usize
-                == eval_frame as *const () as usize
-    }
+    unsafe { (*QUIET.0.get()).is_some() && hook_is_ours(ffi::PyInterpreterState_Get()) }
 }
