@@ -270,3 +270,27 @@ def test_pyproject_budgets_and_precedence(pytester: pytest.Pytester) -> None:
         rf"memline: test peak RSS growth of {MIB} is over the test limit of 100 MiB "
         r"\(pyproject\.toml \[tool\.memline\] test_limit\)",
     )
+
+
+def test_line_message_prefers_what_the_line_kept() -> None:
+    """The rule that picks a line's message, on hand-made rows (no measurement involved): a line
+    that keeps its memory is reported by its Increment even when its Peak sits a few pages above
+    it (CI once saw `bytearray(4 * 2**20)` at increment 4.0 and peak 4.1 MiB, and the message
+    flipped to "peaked"); the Peak only when the Increment is within the limit."""
+    from pytest_memline._budget import check
+    from pytest_memline._settings import Limit, TestLimits
+    from pytest_memline.table import LineRow, MemoryTable
+
+    mi = 2**20
+    rows = (
+        LineRow(1, "def test():"),
+        LineRow(2, "a = bytearray(4 * 2**20)", 70 * mi, 4 * mi, 4 * mi + 100 * 1024, 1),
+        LineRow(3, "n = churn(40)", 70 * mi, 0, 40 * mi, 1),
+        LineRow(4, "b = bytearray(2 * 2**20)", 72 * mi, 2 * mi, 2 * mi + 4096, 1),
+    )
+    table = MemoryTable("t", "test", "t.py", rows, 66 * mi, 72 * mi, 44 * mi, True)
+    found = check(table, TestLimits(line=Limit(3 * mi, "@pytest.mark.mem_limit")))
+    assert [(v.lineno, v.what) for v in found] == [(3, "peak"), (2, "increment")]
+    assert found[1].message(table).startswith(
+        "memline: line 2 `a = bytearray(4 * 2**20)` grew RSS by 4.0 MiB, over the line limit of 3"
+    )
