@@ -11,8 +11,11 @@ does not exhaust the C stack (with the hook, 3.11 does not inline Python calls).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -263,6 +266,78 @@ def test_with_coverage():
     missed = missed_lines(report[0])
     assert down_body in missed and build_body not in missed, report[0]
     assert_mib(row(tests["test_cov.py::test_with_coverage"], "data = build(6)")["increment"], 6)
+
+
+def build_jitlike(where: Path) -> None:
+    """Compiles tests/data/jitlike.c (a stand-in for a PEP 523 JIT such as torch dynamo) into
+    an extension module in `where`."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    include = sysconfig.get_paths()["include"]
+    if cc is None or not Path(include, "Python.h").exists():
+        pytest.skip("needs a C compiler and Python's headers to build the JIT stand-in")
+    out = where / f"jitlike{sysconfig.get_config_var('EXT_SUFFIX')}"
+    source = Path(__file__).parent / "data" / "jitlike.c"
+    subprocess.run([cc, "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(out)], check=True)
+
+
+def test_another_frame_evaluation_hook_a_jit(pytester: pytest.Pytester) -> None:
+    """A JIT that installs its own frame-evaluation function the way torch dynamo does (saves
+    the current one, evaluates frames itself, puts the saved one back when it is turned off):
+    turned on and off inside a test, memline's hook comes back and the tables are right; left on
+    past the end of a test, memline does not install its hook for the next test, and when the
+    JIT later puts back memline's hook, saved from a test long finished, that hook removes
+    itself (else, with calls no longer inlined, a deep recursion would overflow the C stack)."""
+    build_jitlike(pytester.path)
+    _, tests = session(
+        pytester,
+        "test_jit",
+        """
+import jitlike
+
+
+def test_on_and_off_inside():
+    assert _memline._callees_untraced()
+    jitlike.enable()
+    a = build(8)
+    kept = [build(1) for _ in range(2)]
+    jitlike.disable()
+    b = build(5)
+    assert jitlike.frames() >= 2
+    assert _memline._callees_untraced()
+
+
+def test_left_on():
+    jitlike.enable()
+    c = build(6)
+
+
+def test_with_the_jit_on():
+    assert not _memline._callees_untraced() and not jitlike.hook_is_default()
+    seen = jitlike.frames()
+    d = build(3)
+    assert jitlike.frames() > seen
+    # the JIT puts back what it saved in test_left_on: memline's hook, from a finished trace
+    jitlike.disable()
+    sys.setrecursionlimit(250_000)
+    depth = down(100_000)
+    assert depth == 100_000 and jitlike.hook_is_default()
+
+
+def test_after():
+    assert _memline._callees_untraced()
+    e = build(4)
+""",
+        4,
+        "-p",
+        "no:randomly",
+    )
+    inside = tests["test_jit.py::test_on_and_off_inside"]
+    assert_mib(row(inside, "a = build(8)")["increment"], 8)
+    assert_mib(row(inside, "kept = [build(1) for _ in range(2)]")["increment"], 2)
+    assert_mib(row(inside, "b = build(5)")["increment"], 5)
+    assert_mib(row(tests["test_jit.py::test_left_on"], "c = build(6)")["increment"], 6)
+    assert_mib(row(tests["test_jit.py::test_with_the_jit_on"], "d = build(3)")["increment"], 3)
+    assert_mib(row(tests["test_jit.py::test_after"], "e = build(4)")["increment"], 4)
 
 
 def missed_lines(report_line: str) -> set[int]:

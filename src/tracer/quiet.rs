@@ -23,6 +23,12 @@
 //! the trace-function slot found by calibration (`install_settrace`) and checked against
 //! known values before anything is written.
 //!
+//! Another frame-evaluation function (a JIT such as torch dynamo) installed before the test
+//! keeps this module out for that test. One installed during the test replaces this one: frames
+//! it evaluates keep the flag they inherit (traced code called from an untraced callee then
+//! stays untraced while it is on), and when it puts this one back, the module works on. If that
+//! happens after the test, [`stale`] removes the hook at its first call.
+//!
 //! With a frame-evaluation function installed, 3.11 does not inline Python-to-Python calls, so
 //! each call uses some C stack, as on 3.10. Past [`MAX_DEPTH`] nested calls on one thread, this
 //! module removes itself for the duration of that call (deeper calls are inlined again, traced
@@ -135,7 +141,7 @@ unsafe extern "C" fn eval_frame(
 ) -> *mut ffi::PyObject {
     let depth = DEPTH.with(Cell::get);
     let Some(q) = *QUIET.0.get() else {
-        return _PyEval_EvalFrameDefault(tstate, frame, throwflag);
+        return stale(tstate, frame, throwflag);
     };
     if depth >= MAX_DEPTH {
         return step_aside(q, tstate, frame, throwflag);
@@ -152,6 +158,22 @@ unsafe extern "C" fn eval_frame(
     let result = nested(depth, tstate, frame, throwflag);
     q.restore(tstate, saved);
     result
+}
+
+/// Called with no trace in progress: a JIT that saved this hook while a test was traced (as
+/// torch dynamo saves the current hook when it turns itself on) has put it back after the test.
+/// Removes it, so that calls are inlined again and cost nothing, then evaluates the frame.
+#[cold]
+unsafe fn stale(
+    tstate: *mut ffi::PyThreadState,
+    frame: *mut ffi::_PyInterpreterFrame,
+    throwflag: c_int,
+) -> *mut ffi::PyObject {
+    let interp = ffi::PyThreadState_GetInterpreter(tstate);
+    if hook_is_ours(interp) {
+        ffi::_PyInterpreterState_SetEvalFrameFunc(interp, None);
+    }
+    _PyEval_EvalFrameDefault(tstate, frame, throwflag)
 }
 
 /// The interpreter's evaluation of `frame`, counted as one more nested call on this thread.
