@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import heapq
 import inspect
 import types
 from collections.abc import Generator
@@ -36,6 +35,8 @@ OUTCOME_KEY = pytest.StashKey["TestOutcome"]()
 
 SECTION_TABLE = "memline: memory table"
 SECTION_DIFF = "memline: diff against the baseline"
+#: The smallest increment the top lines list: 0.05 MiB, the first one shown as 0.1 MiB.
+_SHOWN_AS_NONZERO = 2**20 // 20 + 1
 
 
 def _non_negative_int(text: str) -> int:
@@ -390,9 +391,8 @@ class MemlinePlugin:
         self.gate = Gate(settings, config.rootpath)
         self.gate.load()
         # session-wide results, kept small: the top lines, tables only when shown
-        self.top: list[tuple[int, int, str, int, str]] = []
+        self.top: list[tuple[int, str, int, str]] = []
         self.tables: list[str] = []
-        self.counter = 0
         self.traced = 0
         self.over_budget: list[tuple[str, str]] = []
         self.collected: set[str] = set()
@@ -707,17 +707,21 @@ class MemlinePlugin:
                 report.sections[i] = (name, render_diff(comparison, tw.markup))
 
     def _remember_top(self, nodeid: str, table: Any) -> None:
-        if self.settings.top <= 0:
+        """Keeps the candidates for the top lines: rows whose increment shows as at least
+        0.1 MiB (a row of "0.0 MiB" says nothing), at most a few times `top` of them."""
+        n = self.settings.top
+        if n <= 0:
             return
         for row in table.lines:
-            if row.increment is None or row.increment <= 0:
-                continue
-            self.counter += 1
-            entry = (row.increment, self.counter, nodeid, row.lineno, row.contents.strip())
-            if len(self.top) < self.settings.top:
-                heapq.heappush(self.top, entry)
-            elif entry > self.top[0]:
-                heapq.heapreplace(self.top, entry)
+            if row.increment is not None and row.increment >= _SHOWN_AS_NONZERO:
+                self.top.append((row.increment, nodeid, row.lineno, row.contents.strip()))
+        if len(self.top) > 4 * n:
+            self.top = self._top_lines()
+
+    def _top_lines(self) -> list[tuple[int, str, int, str]]:
+        """The `top` largest increments, largest first; equal ones by node id and line, so the
+        list is the same whatever order the tests (or xdist workers) reported in."""
+        return sorted(self.top, key=lambda e: (-e[0], e[1], e[2]))[: self.settings.top]
 
     # -- end of run --------------------------------------------------------------------------
 
@@ -754,7 +758,7 @@ class MemlinePlugin:
                 ),
             )
         if s.markdown_report is not None:
-            top = [(inc, nodeid, ln, c) for inc, _, nodeid, ln, c in sorted(self.top, reverse=True)]
+            top = self._top_lines()
             _report.write_atomic(
                 s.markdown_report,
                 _report.markdown_report(
@@ -778,8 +782,9 @@ class MemlinePlugin:
                 tr.write_line(text)
                 tr.write_line("")
         if s.top > 0 and self.top:
-            tr.write_sep("=", f"memline: top {_preflight.count(len(self.top), 'line')} by increment")
-            for inc, _, nodeid, lineno, contents in sorted(self.top, reverse=True):
+            top = self._top_lines()
+            tr.write_sep("=", f"memline: top {_preflight.count(len(top), 'line')} by increment")
+            for inc, nodeid, lineno, contents in top:
                 tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {contents[:80]}")
         summary = getattr(self, "final_summary", None) or self._summary()
         if s.compare is not None:

@@ -54,22 +54,25 @@ impl Row {
         text.trim_end().to_string()
     }
 
-    /// Same numbers as shown (0.1 MiB resolution), whatever the line number. Mem usage is
-    /// left out: it is the whole process's RSS, which moves with whatever ran before the test.
-    fn same_as_shown(&self, other: &Row) -> bool {
+    /// Unchanged as the gate sees it, whatever the line number: ran as often, and Increment and
+    /// Peak moved (either way) by no more than the thresholds. Rows that moved by RSS noise
+    /// (a page-table page, a counter batched per CPU) are context, not a `-`/`+` pair that
+    /// would hide the row that matters. Mem usage is left out: it is the whole process's RSS,
+    /// which moves with whatever ran before the test.
+    fn unchanged(&self, other: &Row, t: Thresholds) -> bool {
+        let within = |a: Option<i64>, b: Option<i64>| {
+            let (a, b) = (a.unwrap_or(0), b.unwrap_or(0));
+            !t.exceeded(a, b) && !t.exceeded(b, a)
+        };
         self.ran() == other.ran()
             && self.occurrences == other.occurrences
-            && shown(self.increment) == shown(other.increment)
-            && shown(self.peak) == shown(other.peak)
+            && within(self.increment, other.increment)
+            && within(self.peak, other.peak)
     }
 }
 
 fn mib(bytes: i64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB)
-}
-
-fn shown(v: Option<i64>) -> Option<String> {
-    v.map(mib)
 }
 
 /// When growth counts as a regression: above the noise floor AND above `tolerance` x |old|.
@@ -185,13 +188,15 @@ pub struct DiffLine {
 }
 
 /// A unified diff of two tables' rows, aligned by contents, with `context` unchanged rows
-/// around each change. Rows whose line numbers alone moved count as unchanged. Rows in
+/// around each change. Rows whose line numbers alone moved, or whose numbers moved within the
+/// thresholds `t`, count as unchanged (shown once, with the current numbers). Rows in
 /// `regressed` (new line numbers) are marked with `>`.
 pub fn unified(
     old: &[Row],
     new: &[Row],
     pairs: &[Pair],
     regressed: &[u32],
+    t: Thresholds,
     context: usize,
 ) -> Vec<DiffLine> {
     let mark = |text: String, line: u32| -> (String, bool) {
@@ -205,7 +210,7 @@ pub fn unified(
     let mut full: Vec<(char, String, bool, bool)> = Vec::new();
     for pair in pairs {
         match *pair {
-            Pair::Same(o, n) if old[o].same_as_shown(&new[n]) => {
+            Pair::Same(o, n) if old[o].unchanged(&new[n], t) => {
                 full.push((' ', new[n].render(), false, false));
             }
             Pair::Same(o, n) | Pair::Edited(o, n) => {
@@ -291,7 +296,7 @@ pub fn compare(
         "unchanged"
     };
     let marked: Vec<u32> = changes.iter().filter_map(|c| c.line).collect();
-    let diff = unified(old, new, &pairs, &marked, context);
+    let diff = unified(old, new, &pairs, &marked, t, context);
     Comparison {
         status,
         changes,
@@ -375,7 +380,7 @@ mod tests {
             ]
         );
         assert!(regressed_lines(&old, &new, &pairs, t()).is_empty());
-        let diff = unified(&old, &new, &pairs, &[], 3);
+        let diff = unified(&old, &new, &pairs, &[], t(), 3);
         let changed: Vec<_> = diff.iter().filter(|d| d.tag != ' ').collect();
         assert_eq!(changed.len(), 1, "{diff:?}");
         assert_eq!(changed[0].tag, '+');
@@ -401,7 +406,7 @@ mod tests {
         assert_eq!(changes[0].what, "increment");
         assert_eq!(changes[0].line, Some(2));
         assert_eq!((changes[0].old, changes[0].new), (10 * M, 30 * M));
-        let diff = unified(&old, &new, &pairs, &[2], 3);
+        let diff = unified(&old, &new, &pairs, &[2], t(), 3);
         let tags: String = diff.iter().map(|d| d.tag).collect();
         assert_eq!(tags, " -+ ");
         assert!(diff[2].regressed);
@@ -422,6 +427,33 @@ mod tests {
     }
 
     #[test]
+    fn rss_noise_is_context_and_a_shrink_past_the_thresholds_is_a_change() {
+        let old = vec![
+            idle(1, "def test():"),
+            row(2, "a = alloc(4)", 4 * M, 4 * M),
+            row(3, "b = alloc(5)", 5 * M, 5 * M),
+            row(4, "c = alloc(8)", 8 * M, 8 * M),
+            row(5, "assert a", 0, 0),
+        ];
+        let new = vec![
+            idle(1, "def test():"),
+            // 0.1 MiB more on the peak, a page-table page on the increment: noise
+            row(2, "a = alloc(4)", 4 * M + 4096, 4 * M + 100 * 1024),
+            row(3, "b = alloc(5)", 5 * M - 60 * 1024, 5 * M + 60 * 1024),
+            // halved: improved, shown as a change although it did not regress
+            row(4, "c = alloc(8)", 4 * M, 4 * M),
+            row(5, "assert a", 4096, 100 * 1024),
+        ];
+        let pairs = align(&old, &new);
+        let diff = unified(&old, &new, &pairs, &[], t(), 3);
+        let tags: String = diff.iter().map(|d| d.tag).collect();
+        assert_eq!(tags, "   -+ ", "{diff:?}");
+        assert!(diff[3].text.contains("c = alloc(8)") && diff[4].text.contains("4.0 MiB"));
+        // the context rows show the current numbers
+        assert!(diff[1].text.contains("4.1 MiB"), "{:?}", diff[1].text);
+    }
+
+    #[test]
     fn context_and_hunks() {
         let mut old = Vec::new();
         let mut new = Vec::new();
@@ -435,7 +467,7 @@ mod tests {
             ));
         }
         let pairs = align(&old, &new);
-        let diff = unified(&old, &new, &pairs, &[], 2);
+        let diff = unified(&old, &new, &pairs, &[], t(), 2);
         let tags: String = diff.iter().map(|d| d.tag).collect();
         assert_eq!(tags, "@  -+  ");
     }

@@ -84,7 +84,7 @@ def test_seed_example_defined_in_a_cell(pytester: pytest.Pytester) -> None:
     assert abs(r["b = [2] * (2 * 10 ** 7)"][1] - 152.6) <= 3
     assert abs(r["b = [2] * (2 * 10 ** 7)"][2] - 152.6) <= 3
     assert abs(r["del b"][1] + 152.6) <= 3
-    assert r["del b"][2] == 0.0
+    assert abs(r["del b"][2]) <= 0.5  # its Peak (the kernel's batched counter): not the 152 MiB
     assert r["return a"][1] == 0.0
     res.stdout.fnmatch_lines(["     1 *def my_func():"])
 
