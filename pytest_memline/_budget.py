@@ -66,6 +66,6 @@ def check(table: MemoryTable, limits: TestLimits) -> list[Violation]:
                 line_found.append(Violation(row.lineno, "increment", row.increment, limits.line))
             elif row.peak > limits.line.value:
                 line_found.append(Violation(row.lineno, "peak", row.peak, limits.line))
-        line_found.sort(key=lambda v: v.excess, reverse=True)
+        line_found.sort(key=lambda v: (-v.excess, v.lineno))
         found.extend(line_found)
     return found

@@ -261,7 +261,10 @@ class Gate:
         return out
 
     def biggest(self, n: int = 5) -> list[tuple[int, str, Mapping[str, Any]]]:
-        return sorted(self.changes, key=lambda c: abs(c[0]), reverse=True)[:n]
+        # equal changes by test id and line: the same list whatever order the reports came in
+        return sorted(
+            self.changes, key=lambda c: (-abs(c[0]), c[1], c[2]["line"] or 0)
+        )[:n]
 
     def save(self) -> list[str]:
         """Writes the baseline; returns lines for the summary."""
