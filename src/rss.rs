@@ -57,6 +57,22 @@ enum Source {
 /// peak (the kernel's RSS counters are batched per CPU).
 const FLOOR_SLACK: u64 = 256 << 10;
 
+/// The highest RSS of an interval that started at `start` and ended at `end` (statm), given the
+/// kernel's peak mark `peak`. A mark no more than `FLOOR_SLACK` above both ends is within the
+/// per-CPU batching of the counter it comes from (a line that keeps 4 MiB read a mark 0.1 MiB
+/// above its end, a line that frees one 0.1 MiB above its start): that is not a transient the
+/// kernel can resolve, and the interval's high is its higher end. A line's Peak then equals its
+/// Increment when it only grew, and is 0 when it only shrank.
+#[inline]
+fn high_of(peak: Option<u64>, start: u64, end: u64) -> u64 {
+    let ends = start.max(end);
+    match peak {
+        Some(p) if p > ends + FLOOR_SLACK => p,
+        Some(_) => ends,
+        None => end,
+    }
+}
+
 /// Whose usage `getrusage` reads. On Linux, `RUSAGE_THREAD` gives the same `ru_maxrss` as
 /// `RUSAGE_SELF` (both are the process's `signal->maxrss` raised to the mm's high-water mark; the
 /// memory is per process either way) without summing the CPU times of every thread under the
@@ -316,7 +332,7 @@ impl RssReader {
     pub fn high_since_reset(&mut self, rss: u64) -> u64 {
         let peak = self.peak_since_reset();
         self.reset_due = !matches!(peak, Some(p) if p <= rss);
-        peak.map_or(rss, |p| p.max(rss))
+        high_of(peak, self.rss_at_reset, rss)
     }
 
     /// Resets the peak if the last `high_since_reset` found the mark above the RSS; a skipped
@@ -524,6 +540,27 @@ mod tests {
             let peak = r.peak_since_reset().unwrap();
             assert!(peak < now + (4 << 20), "peak {peak} vs rss {now}");
         }
+    }
+
+    #[test]
+    fn a_mark_within_the_counters_batching_is_not_a_peak() {
+        const M: u64 = 1 << 20;
+        // kept 4 MiB, the mark 100 KiB above the end: the end
+        assert_eq!(
+            high_of(Some(104 * M + 100 * 1024), 100 * M, 104 * M),
+            104 * M
+        );
+        // freed 4 MiB, the mark a little above the start: the start
+        assert_eq!(high_of(Some(104 * M + 4096), 104 * M, 100 * M), 104 * M);
+        // the mark below both ends (approximate counters): the higher end
+        assert_eq!(high_of(Some(99 * M), 100 * M, 101 * M), 101 * M);
+        // a transient of 1 MiB above the end: the mark
+        assert_eq!(high_of(Some(105 * M), 100 * M, 104 * M), 105 * M);
+        // just past the slack: the mark
+        let just_past = 104 * M + FLOOR_SLACK + 1;
+        assert_eq!(high_of(Some(just_past), 100 * M, 104 * M), just_past);
+        // no mark (no exact peak): the end
+        assert_eq!(high_of(None, 100 * M, 98 * M), 98 * M);
     }
 
     #[test]
