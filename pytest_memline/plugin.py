@@ -35,6 +35,8 @@ OUTCOME_KEY = pytest.StashKey["TestOutcome"]()
 
 SECTION_TABLE = "memline: memory table"
 SECTION_DIFF = "memline: diff against the baseline"
+#: glibc's mmap and trim thresholds with `malloc = "fixed"`: its defaults, kept from rising.
+MALLOC_THRESHOLD = 128 * 1024
 #: The smallest increment the top lines list: 0.05 MiB, the first one shown as 0.1 MiB.
 _SHOWN_AS_NONZERO = 2**20 // 20 + 1
 
@@ -384,8 +386,12 @@ class MemlinePlugin:
         self.is_worker = hasattr(config, "workerinput")
         self.probe = probe or _memline.probe_reader(settings.reader, settings.peak)
         _register_fork_handler(_memline)
-        # True where there is a glibc malloc to trim (checked by trimming once)
-        self.malloc_fixed = settings.malloc == "fixed" and _memline.trim_malloc()
+        # True where there is a glibc malloc to pin and trim (checked by doing it once)
+        self.malloc_fixed = (
+            settings.malloc == "fixed"
+            and _memline.pin_malloc(MALLOC_THRESHOLD)
+            and _memline.trim_malloc()
+        )
         # resolved after collection, when the test modules (and sys.path entries) are in place
         self.include_paths: list[str] = []
         self.gate = Gate(settings, config.rootpath)
@@ -430,8 +436,8 @@ class MemlinePlugin:
         )
         if self.malloc_fixed:
             lines.append(
-                "memline: malloc's free memory is trimmed before each test "
-                "(--memline-malloc=native: leave malloc alone)"
+                "memline: malloc's free memory is trimmed before each test, its mmap threshold "
+                "fixed at 128 KiB (--memline-malloc=native: leave malloc alone)"
             )
         if s.compare is not None:
             lines.append(

@@ -107,6 +107,30 @@ fn probe_reader<'py>(py: Python<'py>, reader: &str, peak: bool) -> PyResult<Boun
     Ok(d)
 }
 
+/// Fixes glibc's mmap and trim thresholds at `bytes` (`mallopt`), which also turns off their
+/// dynamic adjustment: blocks of that size or more are mapped on their own and unmapped when
+/// freed, and free memory above the heap's top goes back to the kernel past that size. Left
+/// dynamic, the thresholds rise each time a large block is freed, and whether a growing buffer
+/// (a list's items) is moved within the heap, leaving its old copy resident, depends on what
+/// ran before: the same line measured 15.8 or 17.5 MiB between runs. False where there is no
+/// glibc malloc.
+#[pyfunction]
+fn pin_malloc(bytes: i32) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, bytes) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
 /// Returns the free memory of glibc's heaps to the kernel (`malloc_trim(0)`, which also releases
 /// free pages in the middle of a heap). False where there is no glibc malloc.
 #[pyfunction]
@@ -126,6 +150,7 @@ fn trim_malloc() -> bool {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
     m.add_function(wrap_pyfunction!(trim_malloc, m)?)?;
+    m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_percent, m)?)?;
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
