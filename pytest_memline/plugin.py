@@ -436,8 +436,8 @@ class MemlinePlugin:
         )
         if self.malloc_fixed:
             lines.append(
-                "memline: malloc's free memory is trimmed before each test, its mmap threshold "
-                "fixed at 128 KiB (--memline-malloc=native: leave malloc alone)"
+                "memline: malloc's free memory is trimmed before each test, its mmap and trim "
+                "thresholds fixed at 128 KiB (--memline-malloc=native: leave malloc alone)"
             )
         if s.compare is not None:
             lines.append(
