@@ -437,7 +437,8 @@ class MemlinePlugin:
         if self.malloc_fixed:
             lines.append(
                 "memline: malloc's free memory is trimmed before each test, its mmap and trim "
-                "thresholds fixed at 128 KiB (--memline-malloc=native: leave malloc alone)"
+                f"thresholds fixed at {MALLOC_THRESHOLD // 1024} KiB (--memline-malloc=native: "
+                "leave malloc alone)"
             )
         if s.compare is not None:
             lines.append(
