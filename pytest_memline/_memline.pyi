@@ -32,12 +32,18 @@ __all__ = [
     "_bench_floor",
     "BASELINE_FORMAT",
     "BASELINE_VERSION",
+    "BASELINE_KEEP",
+    "MAX_SAMPLES",
+    "MAX_CONFIRM",
 ]
 
 __version__: str
 SIZE_FORMS: str
 BASELINE_FORMAT: str
 BASELINE_VERSION: int
+BASELINE_KEEP: int
+MAX_SAMPLES: int
+MAX_CONFIRM: int
 
 @final
 class TraceHandle:
@@ -124,13 +130,17 @@ class Change(TypedDict):
     old_line: int | None
     contents: str
     what: str
-    old: int
+    old: int  # the baseline's highest sample
     new: int
+    lo: int  # its lowest sample
+    samples: int
+    allowed: int
 
 @type_check_only
 class ComparisonDict(TypedDict):
     status: Literal["regressed", "improved", "unchanged"]
     old_peak_growth: int
+    samples: int
     changes: list[Change]
     diff: list[tuple[str, str, bool]]
 
@@ -138,8 +148,10 @@ class ComparisonDict(TypedDict):
 class SaveReport(TypedDict):
     written: int
     kept: int
+    pruned: int
     backup: str | None
     backup_reason: str | None
+    migrated_from: int | None
 
 @final
 class Baseline:
@@ -153,7 +165,10 @@ class Baseline:
     def python(self) -> str: ...
     @property
     def platform(self) -> str: ...
+    @property
+    def version(self) -> int: ...
     def test_ids(self) -> list[str]: ...
+    def samples(self, nodeid: str) -> int: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: str, /) -> bool: ...
     def entry_json(self, nodeid: str) -> str | None: ...
@@ -169,7 +184,14 @@ class Baseline:
     ) -> ComparisonDict | None: ...
 
 def save_baseline(
-    path: str, metric: str, python: str, platform: str, entries: str
+    path: str,
+    metric: str,
+    python: str,
+    platform: str,
+    entries: str,
+    *,
+    keep: int = ...,
+    prune: list[str] = ...,
 ) -> SaveReport: ...
 def render_row(
     line: int,

@@ -35,8 +35,13 @@ from pytest_memline._preflight import (  # noqa: F401  (re-exported)
 DEFAULT_TABLES = "failed"
 DEFAULT_TOP = 10
 DEFAULT_BASELINE = ".memline/baseline.json"
-DEFAULT_TOLERANCE = 0.10
+DEFAULT_TOLERANCE = 0.0
 DEFAULT_NOISE_FLOOR = 1024 * 1024
+#: Saved runs a baseline keeps per test.
+DEFAULT_SAMPLES = 5
+#: Re-runs of a test that looks regressed, before it fails.
+DEFAULT_CONFIRM = 3
+ISOLATE_CHOICES = ("off", "fork")
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,15 @@ class Settings:
     metric: str = "rss"
     include: tuple[str, ...] = ()
     malloc: str = "fixed"
+    samples: int = DEFAULT_SAMPLES
+    confirm: int = DEFAULT_CONFIRM
+    accept: tuple[str, ...] = ()
+    prune: bool = False
+    isolate: str = "off"
+
+    def accepts(self, nodeid: str) -> bool:
+        """Whether ``accept`` names this test: its regressions are reported, not failed."""
+        return any(fnmatch.fnmatchcase(nodeid, p) for p in self.accept)
 
     def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
         """Value by value: the marker, then the first matching rule, then the run's defaults."""
@@ -218,6 +232,11 @@ def resolve(
             "memline: --memline-backend=monitoring needs Python 3.12 or later (sys.monitoring); "
             f"this is Python {platform.python_version()}: use settrace or auto"
         )
+    if getattr(options, "memline_prune", False) and getattr(options, "memline_save", None) is None:
+        raise pytest.UsageError(
+            "memline: --memline-prune removes the baseline entries of tests that are gone when "
+            "the baseline is saved: use it with --memline-save"
+        )
     peak_option = getattr(options, "memline_peak", None)
     peak = (peak_option == "on") if peak_option is not None else cfg.get("peak", True) is not False
     return Settings(
@@ -238,6 +257,11 @@ def resolve(
         metric=pick("memline_metric", "metric", "rss"),
         include=_include(options, cfg),
         malloc=pick("memline_malloc", "malloc", "fixed"),
+        samples=int(pick("memline_samples", "samples", DEFAULT_SAMPLES)),
+        confirm=int(pick("memline_confirm", "confirm", DEFAULT_CONFIRM)),
+        accept=tuple(cfg.get("accept") or ()) + tuple(getattr(options, "memline_accept", None) or ()),
+        prune=bool(getattr(options, "memline_prune", False)),
+        isolate=pick("memline_isolate", "isolate", "off"),
         json_report=report_path("memline_json"),
         markdown_report=report_path("memline_markdown"),
     )

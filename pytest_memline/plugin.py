@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import time
 import types
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ SECTION_DIFF = "memline: diff against the baseline"
 MALLOC_THRESHOLD = 128 * 1024
 #: The smallest increment the top lines list: 0.05 MiB, the first one shown as 0.1 MiB.
 _SHOWN_AS_NONZERO = 2**20 // 20 + 1
+#: A full garbage collection before each test while one takes less than this (seconds); on a
+#: larger heap, the young generations only.
+FULL_COLLECTION_BUDGET = 0.002
+#: Seconds a forked re-measurement may take beyond 4x the test's own time per run.
+CONFIRM_TIMEOUT = 30.0
 
 
 def _non_negative_int(text: str) -> int:
@@ -49,6 +55,23 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative; expected 0 or more")
     return value
+
+
+#: Bounds of --memline-samples and --memline-confirm (the native module's, repeated here so
+#: that the option parser does not import it).
+MAX_SAMPLES = 100
+MAX_CONFIRM = 20
+
+
+def _bounded_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = _non_negative_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; expected {low} to {high}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
 
 
 def _size(text: str) -> int:
@@ -180,14 +203,53 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=_percent,
         default=None,
         metavar="PERCENT",
-        help="growth over the baseline that is tolerated, relative (default 10%%).",
+        help="growth over the baseline's highest saved run that is tolerated, relative to it "
+        "(default 0%%: the noise floor and the saved runs' spread decide).",
     )
     group.addoption(
         "--memline-noise-floor",
         type=_size,
         default=None,
         metavar="SIZE",
-        help="growth over the baseline below this never counts (default 1MiB).",
+        help="growth over the baseline's highest saved run below this never counts (default 1MiB).",
+    )
+    group.addoption(
+        "--memline-samples",
+        type=_bounded_int(1, MAX_SAMPLES),
+        default=None,
+        metavar="N",
+        help="how many saved runs the baseline keeps per test (default 5); the gate learns "
+        "from them how much each value moves.",
+    )
+    group.addoption(
+        "--memline-confirm",
+        type=_bounded_int(0, MAX_CONFIRM),
+        default=None,
+        metavar="N",
+        help="measure a test that looks regressed N more times, in a forked process, and "
+        "fail it only when most of them show it again (default 3; 0: fail at once).",
+    )
+    group.addoption(
+        "--memline-accept",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="tests (node ids or globs, repeatable) whose regressions are intended: reported, "
+        "not failed; with --memline-save their new numbers replace the saved runs.",
+    )
+    group.addoption(
+        "--memline-isolate",
+        choices=("off", "fork"),
+        default=None,
+        help="fork: run every traced test body in a forked process that has run no other "
+        "test body, so that its numbers do not depend on test order (fixtures run in place; "
+        "what the body changes stays in the fork); off (default): in place.",
+    )
+    group.addoption(
+        "--memline-prune",
+        action="store_true",
+        default=None,
+        help="with --memline-save: remove the baseline entries of tests that are gone.",
     )
     group.addoption(
         "--memline-json",
@@ -333,6 +395,19 @@ def _location(item: pytest.Item) -> tuple[str, str]:
     return domain, path
 
 
+@dataclass(frozen=True)
+class _Run:
+    """How one item is traced: its code (None for doctests and items without one), why it has
+    no per-line view, its module's globals (to find its source), what else to trace, and the
+    metric."""
+
+    code: types.CodeType | None
+    why: str | None
+    module_globals: Any
+    include: list[str]
+    metric: str
+
+
 @dataclass
 class TestOutcome:
     """What the plugin measured for one test, and what it found."""
@@ -363,13 +438,17 @@ class TestOutcome:
         lines = [v.message(self.table) for v in self.violations]
         if self.comparison is not None and self.comparison.status == "refused":
             lines.append(f"memline: {self.comparison.reason}")
+        confirmation = None
         if self.comparison is not None and self.comparison.regressed:
             groups = group_changes(self.comparison.changes)
             # the lines first: they answer "which line?"; the test's own growth last
             groups.sort(key=lambda g: g["line"] is None)
             lines += [change_message(g, self.limits) for g in groups]
+            confirmation = self.comparison.confirmation()
         if len(lines) > 1:
             lines[0] += f" (and {len(lines) - 1} more)"
+        if confirmation:
+            lines.append(f"memline: the regression was {confirmation}")
         return "\n".join(lines)
 
 
@@ -385,6 +464,7 @@ class MemlinePlugin:
         self.native = _memline
         self.is_worker = hasattr(config, "workerinput")
         self.probe = probe or _memline.probe_reader(settings.reader, settings.peak)
+        self.isolate_note: str | None = None
         _register_fork_handler(_memline)
         # True where there is a glibc malloc to pin and trim (checked by doing it once)
         self.malloc_fixed = (
@@ -406,8 +486,31 @@ class MemlinePlugin:
         # tables measured in this process, waiting for their report (no xdist)
         self.local_tables: dict[str, tuple[Any, tuple[Any, ...]]] = {}
         self.tracing: pytest.Item | None = None
+        # full garbage collections before each test, until one costs too much (a large heap)
+        self._full_collections = True
+        self.gate.select(config.args, config.invocation_params.dir)
+        self.isolator: Any = None
+        if self.isolating(config):
+            from pytest_memline._isolate import Isolator
+
+            self.isolator = Isolator(self)
+            config.pluginmanager.register(self.isolator, "memline-isolate")
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(_XdistHooks(self.collected), "memline-xdist")
+
+    def isolating(self, config: pytest.Config) -> bool:
+        """``isolate = "fork"``, where there is fork and no debugger to step into the body."""
+        from pytest_memline import _fork
+
+        if self.settings.isolate != "fork":
+            return False
+        if not _fork.available():
+            self.isolate_note = "isolate = \"fork\" is not available here (no fork): tests run in place"
+            return False
+        if config.getoption("usepdb", False):
+            self.isolate_note = "isolate = \"fork\" is off under --pdb: tests run in place"
+            return False
+        return True
 
     # -- header ------------------------------------------------------------------------------
 
@@ -440,14 +543,30 @@ class MemlinePlugin:
                 f"thresholds fixed at {MALLOC_THRESHOLD // 1024} KiB (--memline-malloc=native: "
                 "leave malloc alone)"
             )
-        if s.compare is not None:
+        if self.isolator is not None:
             lines.append(
-                f"memline: comparing with {_preflight.display(s.compare)} (tolerance "
-                f"{s.tolerance} from {s.tolerance.source}, noise floor "
-                f"{self.native.format_size(s.noise_floor.value)} from {s.noise_floor.source})"
+                "memline: each traced test body runs in a forked process that has run no other "
+                "test body (isolate = \"fork\"); fixtures run here as usual"
+            )
+        elif self.isolate_note:
+            lines.append(f"memline: {self.isolate_note}")
+        if s.compare is not None:
+            confirm = (
+                f"a test that looks regressed is measured {s.confirm} more times"
+                if s.confirm
+                else "no re-runs"
+            )
+            lines.append(
+                f"memline: comparing with {_preflight.display(s.compare)} "
+                f"({self.gate.describe()}; noise floor "
+                f"{self.native.format_size(s.noise_floor.value)} from {s.noise_floor.source}, "
+                f"tolerance {s.tolerance} from {s.tolerance.source}; {confirm})"
             )
         if s.save is not None:
-            lines.append(f"memline: saving passing tests to {_preflight.display(s.save)}")
+            lines.append(
+                f"memline: saving passing tests to {_preflight.display(s.save)} (keeping the "
+                f"last {_preflight.count(s.samples, 'run')} of each)"
+            )
         lines.extend(self.gate.notes)
         return lines
 
@@ -497,94 +616,171 @@ class MemlinePlugin:
             # pytest_pyfunc_call inside a runtest that is already traced: an item class that
             # overrides runtest and then calls the original (pytest-asyncio's, for one)
             return (yield)
-        code, why, module_globals = _test_function(item)
-        dtest = _doctest(item) if code is None else None
-        s = self.settings
-        include = self.include_paths
-        if dtest is not None:
-            include = [*include, _doctest_prefix(dtest) + "*"]
-        metric = item.stash[LIMITS_KEY].metric if LIMITS_KEY in item.stash else s.metric
+        if self.isolator is not None and not self.isolator.in_child and _calls_pyfunc_call(item):
+            # isolate = "fork": the body is traced in the child (see _isolate)
+            return (yield)
+        run = self._plan(item)
         threads_done = _watch_threads()
-        if metric == "heap":
-            # the same garbage-collector schedule on every run: the heap numbers repeat exactly
-            import gc
-
-            gc.collect()
-        if self.malloc_fixed:
-            # every test starts from the same allocator state: memory freed by earlier tests
-            # (and by the plugin between tests) goes back to the kernel instead of being reused
-            # silently by this test's allocations
-            self.native.trim_malloc()
-        failure: str | None = None
-        try:
-            self.native.start(
-                [code] if code is not None else [],
-                peak=s.peak,
-                reader=s.reader,
-                backend=s.backend,
-                metric=metric,
-                include=include,
-            )
-        except RuntimeError as exc:
-            failure = str(exc)
+        failure = self._start(run)
         if failure is not None:
             # no free sys.monitoring tool id, RSS unreadable: one line, not a traceback
             threads_done()
             pytest.fail(failure, pytrace=False)
         self.tracing = item
+        began = time.perf_counter()
         try:
             result = yield
         finally:
             self.tracing = None
             trace = self.native.stop()
-            outcome = self._evaluate(item, code, why, trace, threads_done(), module_globals)
+            outcome = self._evaluate(item, run, trace, threads_done())
             item.stash[OUTCOME_KEY] = outcome
             # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
             item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
+        comparison = outcome.comparison
+        if comparison is not None and comparison.regressed and self._can_confirm(run):
+            outcome = self._confirm(item, run, outcome, time.perf_counter() - began)
+            item.stash[OUTCOME_KEY] = outcome
         if outcome.failed:
             pytest.fail(outcome.message(), pytrace=False)
         return result
 
-    def _evaluate(
+    def _plan(self, item: pytest.Item) -> _Run:
+        """What tracing this item takes: its code, where its source is, what else to trace."""
+        code, why, module_globals = _test_function(item)
+        dtest = _doctest(item) if code is None else None
+        include = self.include_paths
+        if dtest is not None:
+            include = [*include, _doctest_prefix(dtest) + "*"]
+        metric = item.stash[LIMITS_KEY].metric if LIMITS_KEY in item.stash else self.settings.metric
+        return _Run(code, why, module_globals, include, metric)
+
+    def _start(self, run: _Run) -> str | None:
+        """Collects garbage, trims malloc and starts the tracer; why it could not start, or None."""
+        if self.isolator is None or not self.isolator.in_child:
+            # (isolated, the parent did this just before the fork)
+            self.settle(run.metric)
+        s = self.settings
+        try:
+            self.native.start(
+                [run.code] if run.code is not None else [],
+                peak=s.peak,
+                reader=s.reader,
+                backend=s.backend,
+                metric=run.metric,
+                include=run.include,
+            )
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+
+    def settle(self, metric: str) -> None:
+        """Before a test: collects garbage and returns malloc's free memory to the kernel."""
+        import gc
+
+        if metric == "heap" or self._full_collections:
+            # cyclic garbage left by earlier tests is freed now, not inside one of this test's
+            # lines (and with the heap metric, the same collector schedule on every run)
+            began = time.perf_counter()
+            gc.collect()
+            if metric != "heap" and time.perf_counter() - began > FULL_COLLECTION_BUDGET:
+                self._full_collections = False
+        else:
+            # a large heap: the young generations only (where the garbage of the test before
+            # almost always is); a full collection costs tens of milliseconds there
+            gc.collect(1)
+        if self.malloc_fixed:
+            # every test starts from the same allocator state: memory freed by earlier tests
+            # (and by the plugin between tests) goes back to the kernel instead of being reused
+            # silently by this test's allocations
+            self.native.trim_malloc()
+
+    def _can_confirm(self, run: _Run) -> bool:
+        from pytest_memline import _fork
+
+        # the heap metric repeats exactly: a regression there needs no second look
+        return self.settings.confirm > 0 and run.metric != "heap" and _fork.available()
+
+    def _call_again(self, item: pytest.Item) -> None:
+        """Runs the test's body once more, as pytest ran it (this plugin stands aside)."""
+        self.tracing = item
+        try:
+            if _calls_pyfunc_call(item):
+                item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+            else:
+                item.runtest()
+        finally:
+            self.tracing = None
+
+    def _confirm(
+        self, item: pytest.Item, run: _Run, outcome: TestOutcome, duration: float
+    ) -> TestOutcome:
+        """Measures a test that looks regressed again (see ``reconfirm``); it stays regressed
+        only when most of the re-runs show one of the grown values again."""
+        assert outcome.comparison is not None
+        if self.isolator is not None and self.isolator.in_child:
+            # isolated: the parent measures it again in fresh forks, as it measured it first
+            return outcome
+        comparison = self.reconfirm(item, run, outcome.comparison, outcome.limits, duration, warm=True)
+        table = outcome.table
+        if comparison.status == "unconfirmed":
+            table = table.with_marks(v.lineno for v in outcome.violations if v.lineno is not None)
+        return dataclasses.replace(outcome, table=table, comparison=comparison)
+
+    def reconfirm(
         self,
         item: pytest.Item,
-        code: types.CodeType | None,
-        why: str | None,
-        trace: Any,
-        threads: bool,
-        module_globals: Any = None,
-    ) -> TestOutcome:
+        run: _Run,
+        first: Any,
+        limits: TestLimits,
+        duration: float,
+        *,
+        warm: bool,
+    ) -> Any:
+        """The comparison ``first`` after ``confirm`` more measurements of the test, in a forked
+        child (what the re-runs do stays there). ``warm``: the child is a fork of this process
+        after the test ran in it, so caches built on first use are warm; it runs the test once
+        unmeasured first, because a fork does not share the parent's page-table entries of code
+        and data files, and faulting them in again would count as growth. Not ``warm``: this
+        process has not run the body (isolate = "fork"), and the re-runs start as the first run
+        did."""
+        from pytest_memline import _fork
+        from pytest_memline.table import MemoryTable
+
+        runs = self.settings.confirm
+
+        def work() -> list[dict[str, Any]]:
+            if warm:
+                self._call_again(item)
+            tables = []
+            for _ in range(runs):
+                failure = self._start(run)
+                if failure is not None:
+                    raise RuntimeError(failure)
+                try:
+                    self._call_again(item)
+                finally:
+                    trace = self.native.stop()
+                tables.append(self._table(item, run, trace, threads=False).to_dict())
+            return tables
+
+        timeout = CONFIRM_TIMEOUT + 4 * (runs + 1) * duration
+        try:
+            tables = _fork.run_in_child(work, timeout)
+        except _fork.ForkError as exc:
+            return dataclasses.replace(first, rerun_error=str(exc))
+        reproduced = sum(
+            self.gate.reproduces(item.nodeid, MemoryTable.from_dict(t), limits, first)
+            for t in tables
+        )
+        status = "regressed" if 2 * reproduced > runs else "unconfirmed"
+        return dataclasses.replace(first, status=status, reruns=runs, reproduced=reproduced)
+
+    def _evaluate(self, item: pytest.Item, run: _Run, trace: Any, threads: bool) -> TestOutcome:
         from pytest_memline._budget import check
         from pytest_memline.table import build_table
 
-        notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
-        if threads:
-            notes.append(
-                "the test started threads: RSS is per process, so their memory is in these "
-                "numbers, but their lines are not traced"
-            )
-        functions = list(trace.functions)
-        own = functions.pop(0) if code is not None and functions else None
-        dtest = _doctest(item) if code is None else None
-        examples: dict[int, Any] = {}
-        if dtest is not None:
-            examples, functions = _split_examples(dtest, functions)
-        table = build_table(
-            title=item.nodeid,
-            code=code,
-            lines=own.lines if own is not None else [],
-            start_rss=trace.start_rss,
-            end_rss=trace.end_rss,
-            peak_growth=trace.peak_growth,
-            exact_peak=trace.exact_peak,
-            metric=trace.metric,
-            notes=notes,
-            no_code_reason=why,
-            module_globals=module_globals,
-            location=_location(item) if code is None else None,
-            doctest=dtest,
-            examples=examples,
-        )
+        table, own, functions = self._measured(item, run, trace, threads)
         from pytest_memline._settings import TestLimits
 
         limits = item.stash.get(LIMITS_KEY, TestLimits())
@@ -618,18 +814,70 @@ class MemlinePlugin:
         )
         return TestOutcome(table.with_marks(marks), limits, violations, comparison, included)
 
-    @pytest.hookimpl(wrapper=True)
+    def _table(self, item: pytest.Item, run: _Run, trace: Any, threads: bool) -> Any:
+        return self._measured(item, run, trace, threads)[0]
+
+    def _measured(
+        self, item: pytest.Item, run: _Run, trace: Any, threads: bool
+    ) -> tuple[Any, Any, list[Any]]:
+        """The test's table, its own function trace, and the traces of included functions."""
+        from pytest_memline.table import build_table
+
+        code, why, module_globals = run.code, run.why, run.module_globals
+        notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
+        if threads:
+            notes.append(
+                "the test started threads: RSS is per process, so their memory is in these "
+                "numbers, but their lines are not traced"
+            )
+        functions = list(trace.functions)
+        own = functions.pop(0) if code is not None and functions else None
+        dtest = _doctest(item) if code is None else None
+        examples: dict[int, Any] = {}
+        if dtest is not None:
+            examples, functions = _split_examples(dtest, functions)
+        table = build_table(
+            title=item.nodeid,
+            code=code,
+            lines=own.lines if own is not None else [],
+            start_rss=trace.start_rss,
+            end_rss=trace.end_rss,
+            peak_growth=trace.peak_growth,
+            exact_peak=trace.exact_peak,
+            metric=trace.metric,
+            notes=notes,
+            no_code_reason=why,
+            module_globals=module_globals,
+            location=_location(item) if code is None else None,
+            doctest=dtest,
+            examples=examples,
+        )
+        return table, own, functions
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        from pytest_memline._gate import render_diff
-
         report = yield
         if call.when != "call":
             return report
+        child = self.isolator is not None and self.isolator.in_child
+        if self.isolator is not None and not child:
+            # the body ran in a forked child: its report is the one that counts
+            return self.isolator.replace_report(item, report)
+        self._attach(item, report, child)
+        if child:
+            self.isolator.finish(report)  # sends the report to the parent; never returns
+        return report
+
+    def _attach(self, item: pytest.Item, report: pytest.TestReport, child: bool) -> None:
+        """Puts what was measured on the call's report: the table in its sections when it
+        failed, and the payload that ``pytest_runtest_logreport`` reads."""
+        from pytest_memline._gate import render_diff
+
         outcome = item.stash.get(OUTCOME_KEY, None)
         if outcome is None:
-            return report
+            return
         # items live as long as the session: keep nothing on them (10,000 tests stay flat)
         del item.stash[OUTCOME_KEY]
         table = outcome.table
@@ -647,16 +895,22 @@ class MemlinePlugin:
             "marked": sorted(table.marked),
             "violations": [v.message(table) for v in outcome.violations],
             "comparison": outcome.comparison.to_dict() if outcome.comparison else None,
+            # what the baseline, when saved, finds steps with
+            "thresholds": {
+                "tolerance": outcome.limits.tolerance.value,
+                "noise_floor": outcome.limits.noise_floor.value,
+            },
         }
-        if self.is_worker:
-            # the tables travel to the xdist controller on the report, as plain data
+        if self.is_worker or child:
+            # the tables travel to the xdist controller (or from the forked child) on the
+            # report, as plain data
             payload["table"] = table.to_dict()
             payload["included"] = [t.to_dict() for t in outcome.included]
         else:
             # this process reports too: hand the objects over as they are
             self.local_tables[report.nodeid] = (table, outcome.included)
         report.memline = payload  # type: ignore[attr-defined]
-        return report
+
 
     @staticmethod
     def _failed_by_memline(report: pytest.TestReport) -> bool:
@@ -689,7 +943,7 @@ class MemlinePlugin:
         comparison = Comparison.from_dict(data["comparison"]) if data.get("comparison") else None
         if data["violations"]:
             self.over_budget.append((report.nodeid, data["violations"][0]))
-        self.gate.record(report.nodeid, table, report.passed, comparison)
+        self.gate.record(report.nodeid, table, report.passed, comparison, data.get("thresholds"))
         self._colour_diff(report, comparison, render_diff)
         self._remember_top(report.nodeid, table)
         if self.settings.tables == "all":
@@ -748,8 +1002,8 @@ class MemlinePlugin:
         from pytest_memline import _report
         from pytest_memline._gate import platform_tag, python_version
 
-        self.saved_lines = self.gate.save()
         summary = self._summary()
+        self.saved_lines = self.gate.save(summary["gone"])
         self.final_summary = summary
         s = self.settings
         if s.json_report is not None:
@@ -797,9 +1051,14 @@ class MemlinePlugin:
         if s.compare is not None:
             tr.write_sep("=", f"memline: against {_preflight.display(s.compare)}")
             counts = ", ".join(f"{summary[k]} {k}" for k in ("regressed", "improved", "unchanged", "new"))
+            counts += f", {len(summary['gone'])} gone"
+            if summary["accepted"]:
+                counts += f", {summary['accepted']} accepted"
+            if summary["unconfirmed"]:
+                counts += f", {summary['unconfirmed']} unconfirmed (did not reproduce)"
             if summary["refused"]:
                 counts += f", {summary['refused']} refused (another metric)"
-            tr.write_line(f"{counts}, {len(summary['gone'])} gone")
+            tr.write_line(counts)
             for delta, nodeid, group in self.gate.biggest():
                 tr.write_line(f"  {signed_mib(delta):>12}  {nodeid}  {describe_group(group)}")
             for nodeid in self.gate.new_tests[:10]:
@@ -808,6 +1067,17 @@ class MemlinePlugin:
                 tr.write_line(f"  ... and {len(self.gate.new_tests) - 10} more new")
             for nodeid in summary["gone"]:
                 tr.write_line(f"  gone: {nodeid}")
+            for nodeid, group, comparison in self.gate.doubtful:
+                tr.write_line(
+                    f"  {comparison.status}: {nodeid}  {describe_group(group)}"
+                    + (f" ({comparison.confirmation()})" if comparison.confirmation() else "")
+                )
+            if (summary["regressed"] or summary["unconfirmed"]) and self.isolator is None and s.metric == "rss":
+                tr.write_line(
+                    "memline: note: measured in place, a test's RSS depends on the tests that ran "
+                    "before it; --memline-isolate=fork measures every body from the same state "
+                    "(README: \"Test order\")"
+                )
         for line in getattr(self, "saved_lines", []):
             tr.write_line(line)
         if self.traced:

@@ -16,6 +16,10 @@ pub const KEYS: &[&str] = &[
     "baseline",
     "tolerance",
     "noise_floor",
+    "samples",
+    "confirm",
+    "accept",
+    "isolate",
     "include",
     "malloc",
     "limits",
@@ -33,6 +37,11 @@ pub const LIMIT_KEYS: &[&str] = &[
 pub const TABLES_CHOICES: &[&str] = &["failed", "all", "none"];
 pub const METRIC_CHOICES: &[&str] = &["rss", "heap"];
 pub const MALLOC_CHOICES: &[&str] = &["fixed", "native"];
+pub const ISOLATE_CHOICES: &[&str] = &["off", "fork"];
+/// The most saved runs a baseline may keep per test.
+pub const MAX_SAMPLES: u32 = 100;
+/// The most re-runs a suspected regression may get.
+pub const MAX_CONFIRM: u32 = 20;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LimitRule {
@@ -55,6 +64,10 @@ pub struct Config {
     pub baseline: Option<String>,
     pub tolerance: Option<f64>,
     pub noise_floor: Option<u64>,
+    pub samples: Option<u32>,
+    pub confirm: Option<u32>,
+    pub accept: Option<Vec<String>>,
+    pub isolate: Option<String>,
     pub include: Option<Vec<String>>,
     pub malloc: Option<String>,
     pub limits: Vec<LimitRule>,
@@ -166,6 +179,13 @@ impl Ctx<'_> {
         }
     }
 
+    fn whole(&self, key: &str, v: &Value, min: u32, max: u32) -> Result<u32, String> {
+        v.as_integer()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| self.bad(key, v, &format!("a whole number from {min} to {max}")))
+    }
+
     fn string(&self, key: &str, v: &Value) -> Result<String, String> {
         match v.as_str() {
             Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
@@ -216,6 +236,28 @@ fn parse_table(table: &Table, file: &str) -> Result<Config, String> {
             "baseline" => c.baseline = Some(ctx.string(key, v)?),
             "tolerance" => c.tolerance = Some(ctx.percent(key, v)?),
             "noise_floor" => c.noise_floor = Some(ctx.size(key, v)?),
+            "samples" => c.samples = Some(ctx.whole(key, v, 1, MAX_SAMPLES)?),
+            "confirm" => c.confirm = Some(ctx.whole(key, v, 0, MAX_CONFIRM)?),
+            "isolate" => c.isolate = Some(ctx.choice(key, v, ISOLATE_CHOICES)?),
+            "accept" => {
+                let items = v
+                    .as_array()
+                    .ok_or_else(|| ctx.bad(key, v, "an array of test node ids or globs"))?;
+                let mut globs = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_str() {
+                        Some(s) if !s.trim().is_empty() => globs.push(s.to_string()),
+                        _ => {
+                            return Err(ctx.bad(
+                                key,
+                                v,
+                                "an array of test node ids or globs such as [\"tests/test_etl.py::test_load\"]",
+                            ))
+                        }
+                    }
+                }
+                c.accept = Some(globs);
+            }
             "include" => {
                 let items = v
                     .as_array()
@@ -326,6 +368,10 @@ tolerance = "10%"
 noise_floor = "1MiB"
 include = ["mypkg", "mypkg.io"]
 malloc = "native"
+samples = 8
+confirm = 0
+accept = ["tests/test_etl.py::test_load"]
+isolate = "fork"
 
 [[tool.memline.limits]]
 match = "tests/test_etl.py::*"
@@ -350,11 +396,40 @@ tolerance = "20%"
         assert_eq!(c.noise_floor, Some(1 << 20));
         assert_eq!(c.include, Some(vec!["mypkg".into(), "mypkg.io".into()]));
         assert_eq!(c.malloc.as_deref(), Some("native"));
+        assert_eq!((c.samples, c.confirm), (Some(8), Some(0)));
+        assert_eq!(c.accept, Some(vec!["tests/test_etl.py::test_load".into()]));
+        assert_eq!(c.isolate.as_deref(), Some("fork"));
         assert_eq!(c.limits.len(), 2);
         assert_eq!(c.limits[0].pattern, "tests/test_etl.py::*");
         assert_eq!(c.limits[0].test_limit, Some(2 << 30));
         assert_eq!(c.limits[1].tolerance, Some(0.2));
         assert_eq!(c.limits[1].test_limit, None);
+    }
+
+    #[test]
+    fn gate_keys_are_checked() {
+        let e = parse("[tool.memline]\nsamples = 0\n").unwrap_err();
+        assert_eq!(
+            e,
+            "pyproject.toml: [tool.memline] samples = 0: expected a whole number from 1 to 100"
+        );
+        let e = parse("[tool.memline]\nconfirm = \"3\"\n").unwrap_err();
+        assert!(
+            e.contains("confirm = \"3\": expected a whole number from 0 to 20"),
+            "{e}"
+        );
+        let e = parse("[tool.memline]\nisolate = \"process\"\n").unwrap_err();
+        assert!(
+            e.contains("isolate = \"process\": expected one of \"off\", \"fork\""),
+            "{e}"
+        );
+        let e = parse("[tool.memline]\naccept = \"tests/*\"\n").unwrap_err();
+        assert!(e.contains("accept = \"tests/*\": expected an array"), "{e}");
+        let e = parse("[tool.memline]\naccept = [\"\"]\n").unwrap_err();
+        assert!(
+            e.contains("expected an array of test node ids or globs"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -69,6 +69,10 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("baseline", c.baseline.as_deref())?;
     d.set_item("tolerance", c.tolerance)?;
     d.set_item("noise_floor", c.noise_floor)?;
+    d.set_item("samples", c.samples)?;
+    d.set_item("confirm", c.confirm)?;
+    d.set_item("accept", c.accept.clone())?;
+    d.set_item("isolate", c.isolate.as_deref())?;
     d.set_item("include", c.include.clone())?;
     d.set_item("malloc", c.malloc.as_deref())?;
     let rules = PyList::empty(py);
@@ -156,5 +160,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_pyproject, m)?)?;
     m.add("SIZE_FORMS", size::SIZE_FORMS)?;
+    m.add("MAX_SAMPLES", config::MAX_SAMPLES)?;
+    m.add("MAX_CONFIRM", config::MAX_CONFIRM)?;
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! Python bindings of baselines and table diffs. Tables cross the boundary as JSON text in the
 //! baseline's entry format (see `baseline.rs`), so that there is one schema, checked in Rust.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::baseline::{self, Baseline, Entry, LoadError};
+use serde::Deserialize;
+
+use crate::baseline::{self, Baseline, LoadError, Measured, Update};
 use crate::diff::{self, Row, Thresholds};
 
-fn parse_entry(json: &str) -> PyResult<Entry> {
+fn parse_measured(json: &str) -> PyResult<Measured> {
     serde_json::from_str(json).map_err(|e| PyValueError::new_err(format!("bad table record: {e}")))
 }
 
@@ -21,6 +23,9 @@ pub struct PyBaseline {
     inner: Baseline,
     #[pyo3(get)]
     path: String,
+    /// The format version the file was written in (1: migrated when loaded).
+    #[pyo3(get)]
+    version: u32,
 }
 
 #[pymethods]
@@ -29,10 +34,11 @@ impl PyBaseline {
     /// and what is wrong when unusable (truncated, wrong schema, newer format version).
     #[staticmethod]
     fn load(path: &str) -> PyResult<Self> {
-        match Baseline::load(Path::new(path)) {
-            Ok(inner) => Ok(PyBaseline {
+        match Baseline::load_versioned(Path::new(path)) {
+            Ok((inner, version)) => Ok(PyBaseline {
                 inner,
                 path: path.to_string(),
+                version,
             }),
             Err(LoadError::Missing) => Err(PyFileNotFoundError::new_err(format!(
                 "baseline {path} does not exist"
@@ -62,6 +68,11 @@ impl PyBaseline {
         self.inner.tests.keys().cloned().collect()
     }
 
+    /// How many saved runs the entry of `nodeid` holds (0: no entry).
+    fn samples(&self, nodeid: &str) -> usize {
+        self.inner.tests.get(nodeid).map_or(0, |e| e.samples())
+    }
+
     fn __len__(&self) -> usize {
         self.inner.tests.len()
     }
@@ -79,9 +90,10 @@ impl PyBaseline {
             .transpose()
     }
 
-    /// Compares `current` (an entry as JSON text) with the entry of `nodeid`; None when the
-    /// baseline has no entry for it. Returns `{"status", "old_peak_growth", "changes": [...],
-    /// "diff": [(tag, text, regressed), ...]}`.
+    /// Compares `current` (one run's entry as JSON text) with the entry of `nodeid`; None when
+    /// the baseline has no entry for it. Returns `{"status", "old_peak_growth" (the highest
+    /// sample), "samples", "changes": [{"line", "old_line", "contents", "what", "old", "new",
+    /// "lo", "samples", "allowed"}], "diff": [(tag, text, regressed), ...]}`.
     /// ValueError when the entry holds another metric than `metric`.
     #[pyo3(signature = (nodeid, current, *, tolerance, noise_floor, metric = "rss", context = 3))]
     #[allow(clippy::too_many_arguments)]
@@ -107,14 +119,14 @@ impl PyBaseline {
                 self.path
             )));
         }
-        let new = parse_entry(current)?;
+        let new = parse_measured(current)?;
         let t = Thresholds {
             tolerance,
             noise_floor,
         };
         let c = diff::compare(
             &old.lines,
-            old.peak_growth,
+            &old.peak_growth,
             &new.lines,
             new.peak_growth,
             t,
@@ -122,7 +134,8 @@ impl PyBaseline {
         );
         let d = PyDict::new(py);
         d.set_item("status", c.status)?;
-        d.set_item("old_peak_growth", old.peak_growth)?;
+        d.set_item("old_peak_growth", c.peak_growth.hi)?;
+        d.set_item("samples", c.peak_growth.n)?;
         let changes = PyList::empty(py);
         for ch in &c.changes {
             let cd = PyDict::new(py);
@@ -132,6 +145,9 @@ impl PyBaseline {
             cd.set_item("what", ch.what)?;
             cd.set_item("old", ch.old)?;
             cd.set_item("new", ch.new)?;
+            cd.set_item("lo", ch.lo)?;
+            cd.set_item("samples", ch.samples)?;
+            cd.set_item("allowed", ch.allowed)?;
             changes.append(cd)?;
         }
         d.set_item("changes", changes)?;
@@ -154,9 +170,24 @@ impl PyBaseline {
     }
 }
 
-/// Merges `entries` (JSON object: node id -> entry) into the baseline at `path`, atomically,
-/// under a lock. Returns `{"written", "kept", "backup", "backup_reason"}`.
+/// One test to save, as Python hands it over.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PyUpdate {
+    table: Measured,
+    tolerance: f64,
+    noise_floor: u64,
+    #[serde(default)]
+    reset: bool,
+}
+
+/// Merges `entries` (JSON object: node id -> {"table": entry of one run, "tolerance",
+/// "noise_floor", "reset"}) into the baseline at `path`, atomically, under a lock; each test
+/// keeps its last `keep` samples; the entries of `prune` are removed. Returns `{"written",
+/// "kept", "pruned", "backup", "backup_reason", "migrated_from"}`.
 #[pyfunction]
+#[pyo3(signature = (path, metric, python, platform, entries, *, keep = baseline::DEFAULT_KEEP, prune = Vec::new()))]
+#[allow(clippy::too_many_arguments)]
 fn save_baseline<'py>(
     py: Python<'py>,
     path: &str,
@@ -164,21 +195,43 @@ fn save_baseline<'py>(
     python: &str,
     platform: &str,
     entries: &str,
+    keep: usize,
+    prune: Vec<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let tests: BTreeMap<String, Entry> = serde_json::from_str(entries)
+    if keep == 0 {
+        return Err(PyValueError::new_err("keep must be at least 1"));
+    }
+    let given: BTreeMap<String, PyUpdate> = serde_json::from_str(entries)
         .map_err(|e| PyValueError::new_err(format!("bad baseline entries: {e}")))?;
-    let mut fresh = Baseline::new(metric, python, platform);
-    fresh.tests = tests;
-    let report = baseline::save(Path::new(path), fresh).map_err(PyOSError::new_err)?;
+    let updates = given
+        .into_iter()
+        .map(|(id, u)| {
+            let update = Update {
+                measured: u.table,
+                thresholds: Thresholds {
+                    tolerance: u.tolerance,
+                    noise_floor: u.noise_floor,
+                },
+                reset: u.reset,
+            };
+            (id, update)
+        })
+        .collect();
+    let prune: BTreeSet<String> = prune.into_iter().collect();
+    let header = Baseline::new(metric, python, platform);
+    let report = baseline::save(Path::new(path), header, updates, keep, &prune)
+        .map_err(PyOSError::new_err)?;
     let d = PyDict::new(py);
     d.set_item("written", report.written)?;
     d.set_item("kept", report.kept)?;
+    d.set_item("pruned", report.pruned)?;
     let (bak, why) = report
         .backup
         .map(|(p, w)| (Some(p.display().to_string()), Some(w)))
         .unwrap_or((None, None));
     d.set_item("backup", bak)?;
     d.set_item("backup_reason", why)?;
+    d.set_item("migrated_from", report.migrated_from)?;
     Ok(d)
 }
 
@@ -210,5 +263,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(render_row, m)?)?;
     m.add("BASELINE_FORMAT", baseline::FORMAT)?;
     m.add("BASELINE_VERSION", baseline::VERSION)?;
+    m.add("BASELINE_KEEP", baseline::DEFAULT_KEEP)?;
     Ok(())
 }

@@ -54,10 +54,12 @@ def test_save_writes_a_documented_stable_baseline(pytester: pytest.Pytester) -> 
     )
     result = pytester.runpytest_subprocess("--memline", "--memline-save")
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["memline: saved 2 tests to .memline/baseline.json"])
+    result.stdout.fnmatch_lines(
+        ["memline: saved 2 tests to .memline/baseline.json, up to 5 saved runs per test"]
+    )
     doc = baseline(pytester)
     assert list(doc)[:5] == ["format", "version", "metric", "python", "platform"]
-    assert doc["format"] == "pytest-memline-baseline" and doc["version"] == 1
+    assert doc["format"] == "pytest-memline-baseline" and doc["version"] == 2
     assert doc["metric"] == "rss"
     # only passing tests are recorded, sorted by node id
     assert list(doc["tests"]) == ["test_suite.py::test_grows", "test_suite.py::test_steady"]
@@ -65,12 +67,18 @@ def test_save_writes_a_documented_stable_baseline(pytester: pytest.Pytester) -> 
     assert entry["filename"] == "test_suite.py"  # relative to the rootdir: portable
     assert entry["outcome"] == "passed"
     row = line_of(entry, "a = bytearray(10 * 2**20)")
-    assert abs(row["increment"] - 10 * MIB) < 2 * MIB
+    # one sample per saved run
+    assert len(row["increment"]) == 1 and abs(row["increment"][0] - 10 * MIB) < 2 * MIB
     assert row["occurrences"] == 1
-    assert abs(entry["peak_growth"] - 15 * MIB) < 2 * MIB
+    assert len(entry["peak_growth"]) == 1 and abs(entry["peak_growth"][0] - 15 * MIB) < 2 * MIB
     # one line per table row: the file diffs well
     text = (pytester.path / ".memline/baseline.json").read_text()
-    assert '{"line":2,"contents":"    a = bytearray(10 * 2**20)"' in text
+    assert '{"line":2,"contents":"    a = bytearray(10 * 2**20)","occurrences":1,' in text
+    # a second save adds a sample to each value
+    pytester.runpytest_subprocess("--memline", "--memline-save")
+    entry = baseline(pytester)["tests"]["test_suite.py::test_grows"]
+    assert len(entry["peak_growth"]) == 2
+    assert len(line_of(entry, "a = bytearray(10 * 2**20)")["peak"]) == 2
 
 
 def test_compare_fails_the_grown_line_and_aligns_shifted_rows(pytester: pytest.Pytester) -> None:
@@ -83,8 +91,8 @@ def test_compare_fails_the_grown_line_and_aligns_shifted_rows(pytester: pytest.P
     result.stdout.fnmatch_lines(
         [
             "memline: line 4 (line 2 in the baseline) `a = bytearray(30 * 2**20)`: increment "
-            "10.0 MiB -> 30.0 MiB (+20.0 MiB, +200%)*against the baseline, over the tolerance "
-            "of 10% (default) and the noise floor of 1 MiB (default)*",
+            "10.0 MiB -> 30.0 MiB (+20.0 MiB, +200%)*against the baseline, over the 11.0 MiB "
+            "allowed (1 saved run + the noise floor of 1 MiB (default))*",
         ]
     )
     out = result.stdout.str()
@@ -105,7 +113,9 @@ def test_unchanged_suite_passes_and_subset_saves_keep_other_entries(pytester: py
     pytester.runpytest_subprocess("--memline", "--memline-save").assert_outcomes(passed=2)
     before = baseline(pytester)["tests"]["test_suite.py::test_steady"]
     result = pytester.runpytest_subprocess("--memline", "--memline-save", "-k", "grows")
-    result.stdout.fnmatch_lines(["memline: saved 1 test to .memline/baseline.json (kept 1 other entry)"])
+    result.stdout.fnmatch_lines(
+        ["memline: saved 1 test to .memline/baseline.json, up to 5 saved runs per test (kept 1 other entry)"]
+    )
     doc = baseline(pytester)
     assert doc["tests"]["test_suite.py::test_steady"] == before
     result = pytester.runpytest_subprocess("--memline", "--memline-compare")
@@ -198,7 +208,7 @@ def test_corrupt_baseline_when_saving_is_kept_as_bak(pytester: pytest.Pytester) 
         [
             "memline: warning: the existing baseline base.json was unusable (it is not valid JSON*); "
             "it was moved to */base.json.bak",
-            "memline: saved 2 tests to base.json",
+            "memline: saved 2 tests to base.json, *",
         ]
     )
     assert (pytester.path / "base.json.bak").read_text() == "{ not json"
@@ -256,7 +266,7 @@ def test_tolerance_and_noise_floor_sources(pytester: pytest.Pytester, how: str, 
         marker = '@pytest.mark.mem_limit(tolerance="300%")\n'
     elif how == "marker-beats-cli":
         args.append("--memline-tolerance=300%")
-        marker = '@pytest.mark.mem_limit(tolerance="5%")\n'
+        marker = '@pytest.mark.mem_limit(tolerance="50%")\n'
     # +20 MiB on a 10 MiB line (+200%), +20 MiB on a 15 MiB test (+133%)
     suite = "import pytest\n" + TWO_TESTS.format(a=30).replace("def test_grows", marker + "def test_grows")
     pytester.makepyfile(test_suite=suite)
@@ -265,7 +275,10 @@ def test_tolerance_and_noise_floor_sources(pytester: pytest.Pytester, how: str, 
         result.assert_outcomes(passed=2)
     else:
         result.assert_outcomes(passed=1, failed=1)
-        result.stdout.fnmatch_lines(["*over the tolerance of 5% (@pytest.mark.mem_limit)*"])
+        # 50% of 10 MiB is above the noise floor: the tolerance sets the margin
+        result.stdout.fnmatch_lines(
+            ["*over the 15.0 MiB allowed (1 saved run + the tolerance of 50% (@pytest.mark.mem_limit))*"]
+        )
 
 
 def test_bad_tolerance_values(pytester: pytest.Pytester) -> None:
@@ -335,7 +348,7 @@ def test_xdist_save_and_compare(pytester: pytest.Pytester) -> None:
     write_suite(pytester)
     result = pytester.runpytest_subprocess("--memline", "--memline-save", "-n", "2")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["memline: saved 2 tests to .memline/baseline.json"])
+    result.stdout.fnmatch_lines(["memline: saved 2 tests to .memline/baseline.json, *"])
     assert sorted(baseline(pytester)["tests"]) == ["test_suite.py::test_grows", "test_suite.py::test_steady"]
     write_suite(pytester, a=30)
     result = pytester.runpytest_subprocess("--memline", "--memline-compare", "-n", "2")
@@ -374,29 +387,6 @@ def test_json_markdown_and_junit_reports(pytester: pytest.Pytester) -> None:
     assert "`test_suite.py::test_grows` | line 2 `a = bytearray(30 * 2**20)`: increment 10.0 MiB -> 30.0 MiB" in md
     junit = (pytester.path / "out/junit.xml").read_text()
     assert '<property name="memline_peak_growth" value="' in junit
-
-
-def test_flakiness_script_runs(pytester: pytest.Pytester) -> None:
-    """bench/flakiness.py: save once, compare 6 times, count false regressions.
-
-    At most 1 of the 120 comparisons may be a false alarm. A line that is systematically
-    unstable between runs (one that is bimodal, as a 330k-entry dict line once was on 3.12)
-    regresses in about half the runs and fails this. CI on 2026-11-26 saw such a line twice
-    on 3.12: `items = [str(i) * 8 for i in range(8 * 20000)]` at 17.5 instead of 15.8 MiB (the
-    list's buffer, moved within the heap as it grew, left its old copy resident or not
-    depending on what ran before; it showed with the module as CI builds it, not with the
-    local build). Fixing glibc's mmap and trim thresholds (malloc = "fixed") made it stable:
-    0 lines over the gate's defaults in 20 runs of 24 tests on 3.11, 3.12 and 3.13.
-    """
-    script = Path(__file__).parent.parent / "bench" / "flakiness.py"
-    run = subprocess.run(
-        [sys.executable, str(script), "--repeat", "6", "--tests", "20", "--workdir", str(pytester.path / "w")],
-        capture_output=True, text=True, timeout=600,
-    )
-    m = re.search(r"^false regressions: (\d+) in 6 compare runs of 20 tests$", run.stdout, re.M)
-    assert m is not None, run.stdout + run.stderr
-    assert run.returncode == (1 if int(m.group(1)) else 0)
-    assert int(m.group(1)) <= 1, run.stdout
 
 
 def test_colour_only_on_a_terminal(pytester: pytest.Pytester) -> None:

@@ -106,6 +106,11 @@ OPTIONS = [
     "--memline-compare",
     "--memline-tolerance",
     "--memline-noise-floor",
+    "--memline-samples",
+    "--memline-confirm",
+    "--memline-accept",
+    "--memline-isolate",
+    "--memline-prune",
     "--memline-json",
     "--memline-markdown",
 ]

@@ -1,0 +1,139 @@
+"""The gate's policy code, without a pytest session: messages, the margin's explanation,
+confirmation, accept globs, gone versus unselected, the bounds of the options. Fast: these run
+in milliseconds and catch a policy bug before the end-to-end sessions do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_memline import _memline
+from pytest_memline._gate import Comparison, Gate, allowance, change_message, group_changes
+from pytest_memline._settings import Limit, Settings, TestLimits, Tolerance
+from pytest_memline.plugin import MAX_CONFIRM, MAX_SAMPLES, _bounded_int
+
+MIB = 1024 * 1024
+
+
+def change(what: str, old: int, new: int, lo: int | None = None, samples: int = 1, allowed: int | None = None, line: int | None = 4) -> dict:
+    return {
+        "line": line,
+        "old_line": line,
+        "contents": "a = f()",
+        "what": what,
+        "old": old,
+        "new": new,
+        "lo": old if lo is None else lo,
+        "samples": samples,
+        "allowed": old + MIB if allowed is None else allowed,
+    }
+
+
+def limits(tolerance: float = 0.0, floor: int = MIB) -> TestLimits:
+    return TestLimits(tolerance=Tolerance(tolerance, "default"), noise_floor=Limit(floor, "default"))
+
+
+@pytest.mark.parametrize(
+    ("c", "lim", "expected"),
+    [
+        (change("increment", 10 * MIB, 30 * MIB), limits(),
+         "over the 11.0 MiB allowed (1 saved run + the noise floor of 1 MiB (default))"),
+        (change("increment", 5 * MIB, 9 * MIB, lo=3 * MIB, samples=5, allowed=7 * MIB), limits(),
+         "over the 7.0 MiB allowed (highest of 5 saved runs + the 2.0 MiB those runs spread over)"),
+        (change("increment", 100 * MIB, 130 * MIB, allowed=120 * MIB), limits(tolerance=0.2),
+         "over the 120.0 MiB allowed (1 saved run + the tolerance of 20% (default))"),
+    ],
+    ids=["floor", "spread", "tolerance"],
+)
+def test_the_message_says_what_set_the_margin(c: dict, lim: TestLimits, expected: str) -> None:
+    group = group_changes([c])[0]
+    assert allowance(group, lim) == expected
+    assert change_message(group, lim).startswith("memline: line 4 `a = f()`: increment ")
+
+
+def test_groups_keep_every_value_and_sort_by_growth() -> None:
+    groups = group_changes(
+        [change("increment", 0, 2 * MIB), change("peak", 0, 9 * MIB), change("peak growth", 0, 5 * MIB, line=None)]
+    )
+    assert [g["line"] for g in groups] == [4, None]
+    assert groups[0]["delta"] == 9 * MIB and len(groups[0]["bands"]) == 2
+
+
+def test_confirmation_wording() -> None:
+    base = Comparison("regressed", samples=3)
+    assert base.confirmation() is None
+    assert Comparison("regressed", reruns=3, reproduced=2).confirmation() == "confirmed in 2 of 3 re-runs"
+    assert (
+        Comparison("unconfirmed", reruns=3, reproduced=1).confirmation()
+        == "not confirmed: seen again in 1 of 3 re-runs"
+    )
+    assert Comparison("regressed", rerun_error="boom").confirmation() == "not measured again: boom"
+    # a round trip through the report keeps it
+    again = Comparison.from_dict(json.loads(json.dumps(Comparison("unconfirmed", reruns=3, reproduced=1).to_dict())))
+    assert again.status == "unconfirmed" and again.reruns == 3 and again.reproduced == 1
+    assert Comparison("accepted").suspected and not Comparison("accepted").regressed
+
+
+def test_accept_globs() -> None:
+    s = Settings(enabled=True, accept=("tests/test_etl.py::*", "tests/test_x.py::test_y"))
+    assert s.accepts("tests/test_etl.py::test_load[big]")
+    assert s.accepts("tests/test_x.py::test_y")
+    assert not s.accepts("tests/test_x.py::test_y2")
+
+
+def test_gone_is_not_unselected(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    for name in ("test_a.py", "test_b.py"):
+        (tmp_path / "tests" / name).write_text("")
+    base = tmp_path / "baseline.json"
+    entry = {"outcome": "passed", "function": "f", "filename": "f", "peak_growth": 1, "lines": []}
+    ids = ["tests/test_a.py::test_1", "tests/test_a.py::test_2", "tests/test_b.py::test_3", "tests/test_gone.py::test_4"]
+    _memline.save_baseline(
+        str(base), "rss", "3", "x",
+        json.dumps({i: {"table": entry, "tolerance": 0.0, "noise_floor": MIB} for i in ids}),
+    )
+    gate = Gate(Settings(enabled=True, compare=str(base)), tmp_path)
+    gate.baseline = _memline.Baseline.load(str(base))
+    # the whole suite: test_2 was not collected from a collected file, test_gone's file is gone
+    assert gate.gone(["tests/test_a.py::test_1", "tests/test_b.py::test_3"]) == [
+        "tests/test_a.py::test_2",
+        "tests/test_gone.py::test_4",
+    ]
+    # `pytest tests/test_a.py::test_1`: the rest of test_a.py was not selected, not gone
+    gate.select(["tests/test_a.py::test_1"], tmp_path)
+    assert gate.partial_files == {"tests/test_a.py"}
+    assert gate.gone(["tests/test_a.py::test_1"]) == ["tests/test_gone.py::test_4"]
+
+
+def test_option_bounds_match_the_native_module() -> None:
+    assert (MAX_SAMPLES, MAX_CONFIRM) == (_memline.MAX_SAMPLES, _memline.MAX_CONFIRM)
+    parse = _bounded_int(1, MAX_SAMPLES)
+    assert parse("5") == 5
+    for bad, why in [("0", "out of range; expected 1 to 100"), ("x", "not a whole number"), ("-1", "negative")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            parse(bad)
+    assert _memline.BASELINE_KEEP == Settings(enabled=True).samples
+
+
+def test_the_baseline_text_is_version_2_with_one_line_per_row(tmp_path: Path) -> None:
+    rows = [
+        {"line": 1, "contents": "def t():", "increment": None, "peak": None, "occurrences": 0, "mem_usage": None},
+        {"line": 2, "contents": "    a = f()", "increment": 3 * MIB, "peak": 4 * MIB, "occurrences": 1, "mem_usage": 50 * MIB},
+    ]
+    entry = {"outcome": "passed", "function": "t", "filename": "t.py", "peak_growth": 4 * MIB, "lines": rows}
+    path = tmp_path / "b.json"
+    for _ in range(3):
+        report = _memline.save_baseline(
+            str(path), "rss", "3.12", "linux", json.dumps({"t.py::t": {"table": entry, "tolerance": 0.0, "noise_floor": MIB}}), keep=2
+        )
+    assert report["written"] == 1 and report["migrated_from"] is None
+    text = path.read_text()
+    assert '"version": 2,' in text
+    assert '{"line":2,"contents":"    a = f()","occurrences":1,"mem_usage":52428800,"increment":[3145728,3145728],"peak":[4194304,4194304]}' in text
+    b = _memline.Baseline.load(str(path))
+    assert b.samples("t.py::t") == 2 and b.samples("nope") == 0 and b.version == 2
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        _memline.save_baseline(str(path), "rss", "3", "x", "{}", keep=0)
