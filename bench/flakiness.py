@@ -224,8 +224,10 @@ def main() -> int:
     p.add_argument("--detect-config", default="order", choices=sorted(CONFIGS))
     p.add_argument("--sizes", default="1,2,5,10,20")
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("pytest_args", nargs="*")
-    opts = p.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    opts = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    opts.pytest_args = extra
     opts.configs = [c for c in opts.configs.split(",") if c]
     bad = [c for c in opts.configs if c not in CONFIGS]
     if bad:

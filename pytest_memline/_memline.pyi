@@ -33,8 +33,6 @@ __all__ = [
     "BASELINE_FORMAT",
     "BASELINE_VERSION",
     "BASELINE_KEEP",
-    "MAX_SAMPLES",
-    "MAX_CONFIRM",
 ]
 
 __version__: str
@@ -42,8 +40,6 @@ SIZE_FORMS: str
 BASELINE_FORMAT: str
 BASELINE_VERSION: int
 BASELINE_KEEP: int
-MAX_SAMPLES: int
-MAX_CONFIRM: int
 
 @final
 class TraceHandle:
@@ -117,7 +113,12 @@ def pin_malloc(bytes: int) -> bool: ...
 def parse_size(value: str | int) -> int: ...
 def parse_percent(value: str) -> float: ...
 def format_size(bytes: int) -> str: ...
-def parse_pyproject(text: str, file: str) -> dict[str, Any] | None: ...
+def parse_pyproject(
+    text: str,
+    file: str,
+    keys: list[tuple[str, str, Any]],
+    rule_keys: list[tuple[str, str, Any]],
+) -> dict[str, Any] | None: ...
 def _mon_line(code: CodeType, line_number: int, /) -> None: ...
 def _mon_start(code: CodeType, _offset: int) -> None: ...
 def _mon_resume(code: CodeType, _offset: int) -> None: ...

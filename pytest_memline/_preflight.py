@@ -4,6 +4,7 @@ installed but off imports next to nothing (the full resolver is in ``_settings``
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,23 +13,39 @@ from typing import Any
 import pytest
 
 MARKER = "mem_limit"
+
+
+def mem_limit(
+    test: object = None,
+    *,
+    line: object = None,
+    tolerance: object = None,
+    noise_floor: object = None,
+    metric: object = None,
+) -> None:
+    """The ``mem_limit`` marker's signature: its arguments are bound to it (see
+    ``_settings.parse_marker``); each keyword is the setting of ``_keys.MARKER_KEYS``."""
+
+
+MARKER_SIGNATURE = inspect.signature(mem_limit)
+MARKER_KEYWORDS = tuple(MARKER_SIGNATURE.parameters)
+_PLAIN = MARKER_SIGNATURE.replace(
+    parameters=[p.replace(annotation=inspect.Parameter.empty) for p in MARKER_SIGNATURE.parameters.values()],
+    return_annotation=inspect.Signature.empty,
+)
 MARKER_DOC = (
-    "mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None, metric=None): "
-    "pytest-memline budgets. The test fails when its peak RSS growth exceeds `test`, or when any "
-    "line's increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an int "
-    "of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set how "
-    "much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
+    f"{MARKER}{_PLAIN}: "
+    + "pytest-memline budgets. The test fails when its peak RSS growth exceeds `test`, or when "
+    "any line's increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an "
+    "int of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set "
+    "how much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
     "measured."
 )
-MARKER_KEYWORDS = ("test", "line", "tolerance", "noise_floor", "metric")
-METRICS = ("rss", "heap")
 #: The accepted calls, for error messages.
 MARKER_USAGE = (
     'mem_limit(test, *, line, tolerance, noise_floor, metric), e.g. mem_limit("60MiB"), '
     'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB") or mem_limit(tolerance="20%")'
 )
-
-TABLES_CHOICES = ("failed", "all", "none")
 
 
 def count(n: int, noun: str) -> str:
@@ -71,10 +88,10 @@ def read_config(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
         raise pytest.UsageError(f"memline: cannot read {display}: {exc}") from None
     if "memline" not in text:
         return None, display
-    from pytest_memline import _memline
+    from pytest_memline import _keys, _memline
 
     try:
-        return _memline.parse_pyproject(text, display), display
+        return _memline.parse_pyproject(text, display, *_keys.schema()), display
     except ValueError as exc:
         raise pytest.UsageError(f"memline: {exc}") from None
 

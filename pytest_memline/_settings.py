@@ -19,29 +19,26 @@ from typing import Any
 
 import pytest
 
+from pytest_memline._keys import BY_NAME, KEYS, METRICS, RULE_KEYS
 from pytest_memline._preflight import (  # noqa: F401  (re-exported)
     MARKER,
     MARKER_DOC,
     MARKER_KEYWORDS,
+    MARKER_SIGNATURE,
     MARKER_USAGE,
-    METRICS,
-    TABLES_CHOICES,
     display,
     enabled_from,
     find_pyproject,
     read_config,
 )
 
-DEFAULT_TABLES = "failed"
-DEFAULT_TOP = 10
-DEFAULT_BASELINE = ".memline/baseline.json"
-DEFAULT_TOLERANCE = 0.0
-DEFAULT_NOISE_FLOOR = 1024 * 1024
-#: Saved runs a baseline keeps per test.
-DEFAULT_SAMPLES = 5
-#: Re-runs of a test that looks regressed, before it fails.
-DEFAULT_CONFIRM = 3
-ISOLATE_CHOICES = ("off", "fork")
+
+def _default(name: str) -> Any:
+    return BY_NAME[name].default
+
+
+DEFAULT_TOLERANCE: float = _default("tolerance")
+DEFAULT_NOISE_FLOOR: int = _default("noise_floor")
 
 
 @dataclass(frozen=True)
@@ -104,11 +101,12 @@ NO_MARKER = MarkerLimits()
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a run of the plugin needs, resolved once in ``pytest_configure``."""
+    """Everything a run of the plugin needs, resolved once in ``pytest_configure``: one field
+    per row of ``_keys.KEYS`` (sizes and percentages with where they were set), and the
+    ``[[tool.memline.limits]]`` rules."""
 
-    enabled: bool
-    tables: str = DEFAULT_TABLES
-    top: int = DEFAULT_TOP
+    tables: str = _default("tables")
+    top: int = _default("top")
     peak: bool = True
     backend: str = "auto"
     reader: str = "auto"
@@ -125,8 +123,8 @@ class Settings:
     metric: str = "rss"
     include: tuple[str, ...] = ()
     malloc: str = "fixed"
-    samples: int = DEFAULT_SAMPLES
-    confirm: int = DEFAULT_CONFIRM
+    samples: int = _default("samples")
+    confirm: int = _default("confirm")
     accept: tuple[str, ...] = ()
     prune: bool = False
     isolate: str = "off"
@@ -171,105 +169,99 @@ def resolve(
     rootpath: Path | None = None,
     invocation_dir: Path | None = None,
 ) -> Settings:
-    """Builds the settings. ``options`` is pytest's ``config.option`` namespace. Paths given on
-    the command line are relative to ``invocation_dir``; those from the config file or the
-    defaults to ``rootpath``. The settings hold absolute paths."""
+    """Builds the settings from ``_keys.KEYS``: for each, the command line (pytest's
+    ``config.option`` namespace), else ``[tool.memline]``, else the default. Paths given on the
+    command line are relative to ``invocation_dir``; those from the config file or the defaults
+    to ``rootpath``. The settings hold absolute paths."""
     root = rootpath or Path.cwd()
     here = invocation_dir or Path.cwd()
     cfg = config or {}
     where = f"{config_file} [tool.memline]"
 
-    def pick(option_name: str, key: str, default: Any) -> Any:
-        value = getattr(options, option_name, None)
-        if value is not None:
-            return value
-        if cfg.get(key) is not None:
-            return cfg[key]
-        return default
+    def given(name: str) -> tuple[Any, str | None]:
+        """The value and where it was set (None: the default)."""
+        key = BY_NAME[name]
+        if key.option is not None and getattr(options, key.dest, None) is not None:
+            return getattr(options, key.dest), key.option
+        if key.config and cfg.get(name) is not None:
+            return cfg[name], f"{where} {name}"
+        return key.default, None
 
-    def limit(key: str) -> Limit | None:
-        value = cfg.get(key)
-        return None if value is None else Limit(int(value), f"{where} {key}")
+    def value(name: str) -> Any:
+        return given(name)[0]
+
+    def limit(name: str) -> Limit | None:
+        v, source = given(name)
+        return None if v is None else Limit(int(v), source or "default")
+
+    def tolerance(name: str) -> Tolerance:
+        v, source = given(name)
+        return Tolerance(float(v), source or "default")
 
     rules = []
     for i, r in enumerate(cfg.get("limits") or (), start=1):
         source = f"{config_file} [[tool.memline.limits]] #{i} (match = {r['match']!r})"
-        rules.append(
-            Rule(
-                pattern=r["match"],
-                test_limit=None if r.get("test_limit") is None else Limit(r["test_limit"], source),
-                line_limit=None if r.get("line_limit") is None else Limit(r["line_limit"], source),
-                tolerance=None if r.get("tolerance") is None else Tolerance(r["tolerance"], source),
-                noise_floor=(
-                    None if r.get("noise_floor") is None else Limit(r["noise_floor"], source)
-                ),
-            )
-        )
-    tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
-    if getattr(options, "memline_tolerance", None) is not None:
-        tolerance = Tolerance(options.memline_tolerance, "--memline-tolerance")
-    elif cfg.get("tolerance") is not None:
-        tolerance = Tolerance(cfg["tolerance"], f"{where} tolerance")
-    noise_floor = Limit(DEFAULT_NOISE_FLOOR, "default")
-    if getattr(options, "memline_noise_floor", None) is not None:
-        noise_floor = Limit(options.memline_noise_floor, "--memline-noise-floor")
-    elif cfg.get("noise_floor") is not None:
-        noise_floor = Limit(cfg["noise_floor"], f"{where} noise_floor")
-    default_baseline = cfg.get("baseline") or DEFAULT_BASELINE
+        wrap: dict[str, Any] = {"size": Limit, "percent": Tolerance}
+        fields: dict[str, Any] = {
+            k.name: None if r.get(k.name) is None else wrap[k.kind](r[k.name], source)
+            for k in RULE_KEYS
+        }
+        rules.append(Rule(pattern=r["match"], **fields))
+    default_baseline = cfg.get("baseline") or _default("baseline")
 
-    def baseline_path(option_name: str) -> str | None:
-        value = getattr(options, option_name, None)
-        if value is None:
+    def baseline_path(name: str) -> str | None:
+        v = getattr(options, BY_NAME[name].dest, None)
+        if v is None:
             return None
-        return str(here / value) if value else str(root / default_baseline)
+        return str(here / v) if v else str(root / default_baseline)
 
-    def report_path(option_name: str) -> str | None:
-        value = getattr(options, option_name, None)
-        return None if value is None else str(here / value)
-    backend = getattr(options, "memline_backend", None) or "auto"
+    def report_path(name: str) -> str | None:
+        v = getattr(options, BY_NAME[name].dest, None)
+        return None if v is None else str(here / v)
+
+    backend = value("backend")
     if backend == "monitoring" and sys.version_info < (3, 12):
         raise pytest.UsageError(
             "memline: --memline-backend=monitoring needs Python 3.12 or later (sys.monitoring); "
             f"this is Python {platform.python_version()}: use settrace or auto"
         )
-    if getattr(options, "memline_prune", False) and getattr(options, "memline_save", None) is None:
+    if value("prune") and getattr(options, BY_NAME["save"].dest, None) is None:
         raise pytest.UsageError(
             "memline: --memline-prune removes the baseline entries of tests that are gone when "
             "the baseline is saved: use it with --memline-save"
         )
-    peak_option = getattr(options, "memline_peak", None)
-    peak = (peak_option == "on") if peak_option is not None else cfg.get("peak", True) is not False
+    peak = value("peak")
+    cli_accept = getattr(options, BY_NAME["accept"].dest, None) or ()
     return Settings(
-        enabled=enabled_from(getattr(options, "memline", None), cfg),
-        tables=pick("memline_tables", "tables", DEFAULT_TABLES),
-        top=int(pick("memline_top", "top", DEFAULT_TOP)),
-        peak=peak,
+        tables=value("tables"),
+        top=int(value("top")),
+        peak=peak == "on" if isinstance(peak, str) else peak is not False,
         backend=backend,
-        reader=getattr(options, "memline_reader", None) or "auto",
+        reader=value("reader"),
         config_file=config_file,
         test_limit=limit("test_limit"),
         line_limit=limit("line_limit"),
         rules=tuple(rules),
-        tolerance=tolerance,
-        noise_floor=noise_floor,
-        save=baseline_path("memline_save"),
-        compare=baseline_path("memline_compare"),
-        metric=pick("memline_metric", "metric", "rss"),
+        tolerance=tolerance("tolerance"),
+        noise_floor=limit("noise_floor") or Limit(DEFAULT_NOISE_FLOOR, "default"),
+        save=baseline_path("save"),
+        compare=baseline_path("compare"),
+        metric=value("metric"),
         include=_include(options, cfg),
-        malloc=pick("memline_malloc", "malloc", "fixed"),
-        samples=int(pick("memline_samples", "samples", DEFAULT_SAMPLES)),
-        confirm=int(pick("memline_confirm", "confirm", DEFAULT_CONFIRM)),
-        accept=tuple(cfg.get("accept") or ()) + tuple(getattr(options, "memline_accept", None) or ()),
-        prune=bool(getattr(options, "memline_prune", False)),
-        isolate=pick("memline_isolate", "isolate", "off"),
-        json_report=report_path("memline_json"),
-        markdown_report=report_path("memline_markdown"),
+        malloc=value("malloc"),
+        samples=int(value("samples")),
+        confirm=int(value("confirm")),
+        accept=tuple(cfg.get("accept") or ()) + tuple(cli_accept),
+        prune=bool(value("prune")),
+        isolate=value("isolate"),
+        json_report=report_path("json_report"),
+        markdown_report=report_path("markdown_report"),
     )
 
 
 def _include(options: Any, cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """Module names from ``--memline-include`` (comma-separated, repeatable), else the config."""
-    given = getattr(options, "memline_include", None)
+    given = getattr(options, BY_NAME["include"].dest, None)
     if given is None:
         return tuple(cfg.get("include") or ())
     names = tuple(n.strip() for arg in given for n in arg.split(",") if n.strip())
@@ -310,10 +302,13 @@ def include_paths(names: tuple[str, ...]) -> list[str]:
 
 
 def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
-    """What a ``mem_limit`` marker sets, or ``MarkerError`` naming the bad value."""
+    """What a ``mem_limit`` marker sets (its arguments bound to ``_preflight.mem_limit``'s
+    signature, each checked by the kind of its setting), or ``MarkerError`` naming the bad
+    value."""
     if mark is None:
         return None
     from pytest_memline import _memline
+    from pytest_memline._keys import MARKER_KEYS
 
     name = f"@pytest.mark.{MARKER}"
     if len(mark.args) > 1:
@@ -327,49 +322,43 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
             f"{nodeid}: {name} got unknown keyword {unknown[0]}={mark.kwargs[unknown[0]]!r}; "
             f"accepted: {MARKER_USAGE}"
         )
-    if mark.args and "test" in mark.kwargs:
-        raise MarkerError(f"{nodeid}: {name} got the test limit twice")
-    values = dict(mark.kwargs)
-    if mark.args:
-        values["test"] = mark.args[0]
-    metric = values.get("metric")
-    if metric is not None and metric not in METRICS:
-        raise MarkerError(f"{nodeid}: {name}(metric={metric!r}): expected 'rss' or 'heap'")
+    try:
+        bound = MARKER_SIGNATURE.bind(*mark.args, **mark.kwargs)
+    except TypeError:  # the only way left: the test limit given twice
+        raise MarkerError(f"{nodeid}: {name} got the test limit twice") from None
+    values = dict(bound.arguments)
     if all(values.get(k) is None for k in MARKER_KEYWORDS):
         raise MarkerError(
             f"{nodeid}: {name} sets no limit; use e.g. mem_limit(\"60MiB\") or "
             f"mem_limit(line=\"5MiB\")"
         )
-    sizes: dict[str, Limit | None] = {}
-    for key in ("test", "line", "noise_floor"):
-        raw = values.get(key)
+    out: dict[str, Any] = {}
+    for keyword, raw in values.items():
         if raw is None:
-            sizes[key] = None
             continue
-        try:
-            if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-                raise ValueError(f"{raw!r}: not a size")
-            sizes[key] = Limit(_memline.parse_size(raw), name)
-        except (ValueError, OverflowError) as exc:
-            raise MarkerError(
-                f"{nodeid}: {name}({key}={raw!r}): {exc}; expected {_memline.SIZE_FORMS}"
-            ) from None
-    tolerance = None
-    raw = values.get("tolerance")
-    if raw is not None:
-        try:
-            if not isinstance(raw, str):
-                raise ValueError(f"{raw!r}: not a percentage")
-            tolerance = Tolerance(_memline.parse_percent(raw), name)
-        except ValueError as exc:
-            raise MarkerError(
-                f"{nodeid}: {name}(tolerance={raw!r}): {exc}; expected a percentage such as "
-                f"'10%'"
-            ) from None
-    return MarkerLimits(
-        test=sizes["test"],
-        line=sizes["line"],
-        tolerance=tolerance,
-        noise_floor=sizes["noise_floor"],
-        metric=metric,
-    )
+        kind = MARKER_KEYS[keyword].kind
+        if kind == "size":
+            try:
+                if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+                    raise ValueError(f"{raw!r}: not a size")
+                out[keyword] = Limit(_memline.parse_size(raw), name)
+            except (ValueError, OverflowError) as exc:
+                raise MarkerError(
+                    f"{nodeid}: {name}({keyword}={raw!r}): {exc}; expected {_memline.SIZE_FORMS}"
+                ) from None
+        elif kind == "percent":
+            try:
+                if not isinstance(raw, str):
+                    raise ValueError(f"{raw!r}: not a percentage")
+                out[keyword] = Tolerance(_memline.parse_percent(raw), name)
+            except ValueError as exc:
+                raise MarkerError(
+                    f"{nodeid}: {name}({keyword}={raw!r}): {exc}; expected a percentage such as "
+                    f"'10%'"
+                ) from None
+        elif raw not in MARKER_KEYS[keyword].arg:  # a choice
+            choices = " or ".join(repr(c) for c in MARKER_KEYS[keyword].arg)
+            raise MarkerError(f"{nodeid}: {name}({keyword}={raw!r}): expected {choices}")
+        else:
+            out[keyword] = raw
+    return MarkerLimits(**out)

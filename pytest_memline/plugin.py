@@ -11,7 +11,6 @@ controller alone prints the summary and writes baselines and reports.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import time
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_memline import _preflight
-from pytest_memline._preflight import MARKER, MARKER_DOC, TABLES_CHOICES
+from pytest_memline._preflight import MARKER, MARKER_DOC
 
 if TYPE_CHECKING:
     from pytest_memline._settings import Settings, TestLimits
@@ -47,222 +46,10 @@ FULL_COLLECTION_BUDGET = 0.002
 CONFIRM_TIMEOUT = 30.0
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; expected 0 or more")
-    return value
-
-
-#: Bounds of --memline-samples and --memline-confirm (the native module's, repeated here so
-#: that the option parser does not import it).
-MAX_SAMPLES = 100
-MAX_CONFIRM = 20
-
-
-def _bounded_int(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        value = _non_negative_int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; expected {low} to {high}")
-        return value
-
-    parse.__name__ = "whole number"
-    return parse
-
-
-def _size(text: str) -> int:
-    from pytest_memline import _memline
-
-    try:
-        return _memline.parse_size(text)
-    except (ValueError, OverflowError) as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; expected {_memline.SIZE_FORMS}") from None
-
-
-def _percent(text: str) -> float:
-    from pytest_memline import _memline
-
-    try:
-        return _memline.parse_percent(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; expected a percentage such as '10%'") from None
-
-
-def _baseline_path(text: str) -> str:
-    """A baseline path; refuses what looks like a test path swallowed by `--memline-save tests/`."""
-    if text.endswith(".py") or "::" in text or (text and _is_dir(text)):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} looks like a test path, not a baseline file; write "
-            f"--memline-save=PATH (with '='), or put the option after the test paths"
-        )
-    return text
-
-
-def _is_dir(text: str) -> bool:
-    import os
-
-    return os.path.isdir(text)
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("memline", "line-by-line memory tables and budgets (pytest-memline)")
-    group.addoption(
-        "--memline",
-        action="store_true",
-        dest="memline",
-        default=None,
-        help="trace every test function line by line and check its memory budgets "
-        "(also: [tool.memline] enabled = true).",
-    )
-    group.addoption(
-        "--no-memline",
-        action="store_false",
-        dest="memline",
-        help="turn memline off, even when [tool.memline] enabled = true.",
-    )
-    group.addoption(
-        "--memline-tables",
-        choices=TABLES_CHOICES,
-        default=None,
-        help="whose memory tables to show: failed (default), all or none.",
-    )
-    group.addoption(
-        "--memline-top",
-        type=_non_negative_int,
-        default=None,
-        metavar="N",
-        help="show the N lines with the largest increments after the run (default 10; 0: none).",
-    )
-    group.addoption(
-        "--memline-peak",
-        choices=("on", "off"),
-        default=None,
-        help="measure each line's exact in-line peak (on, the default where the kernel allows "
-        "it) or only its increment (off: cheaper).",
-    )
-    group.addoption(
-        "--memline-backend",
-        choices=("auto", "settrace", "monitoring"),
-        default=None,
-        help="how lines are traced: auto (sys.monitoring on 3.12+, else settrace).",
-    )
-    group.addoption(
-        "--memline-reader",
-        choices=("auto", "procfs", "portable"),
-        default=None,
-        help="how RSS is read: auto (procfs on Linux), procfs, or portable (sysinfo).",
-    )
-    group.addoption(
-        "--memline-metric",
-        choices=("rss", "heap"),
-        default=None,
-        help="what to measure: rss (resident memory of the process, the default) or heap "
-        "(Python-visible allocated bytes from tracemalloc: the same on every run).",
-    )
-    group.addoption(
-        "--memline-malloc",
-        choices=("fixed", "native"),
-        default=None,
-        help="fixed (default): return malloc's free memory to the kernel before each test "
-        "(malloc_trim), so that a line's Increment does not depend on what the tests before it "
-        "freed; native: leave malloc as it is.",
-    )
-    group.addoption(
-        "--memline-include",
-        action="append",
-        default=None,
-        metavar="MODULES",
-        help="also give a table to every function of these modules (comma-separated, "
-        "repeatable; a package includes its submodules) that the tests call.",
-    )
-    group.addoption(
-        "--memline-save",
-        nargs="?",
-        const="",
-        default=None,
-        type=_baseline_path,
-        metavar="PATH",
-        help="record every passing test's memory table in a baseline file (default "
-        "[tool.memline] baseline, else .memline/baseline.json); other tests' entries are kept.",
-    )
-    group.addoption(
-        "--memline-compare",
-        nargs="?",
-        const="",
-        default=None,
-        type=_baseline_path,
-        metavar="PATH",
-        help="compare every test with its baseline entry and fail the tests that regressed.",
-    )
-    group.addoption(
-        "--memline-tolerance",
-        type=_percent,
-        default=None,
-        metavar="PERCENT",
-        help="growth over the baseline's highest saved run that is tolerated, relative to it "
-        "(default 0%%: the noise floor and the saved runs' spread decide).",
-    )
-    group.addoption(
-        "--memline-noise-floor",
-        type=_size,
-        default=None,
-        metavar="SIZE",
-        help="growth over the baseline's highest saved run below this never counts (default 1MiB).",
-    )
-    group.addoption(
-        "--memline-samples",
-        type=_bounded_int(1, MAX_SAMPLES),
-        default=None,
-        metavar="N",
-        help="how many saved runs the baseline keeps per test (default 5); the gate learns "
-        "from them how much each value moves.",
-    )
-    group.addoption(
-        "--memline-confirm",
-        type=_bounded_int(0, MAX_CONFIRM),
-        default=None,
-        metavar="N",
-        help="measure a test that looks regressed N more times, in a forked process, and "
-        "fail it only when most of them show it again (default 3; 0: fail at once).",
-    )
-    group.addoption(
-        "--memline-accept",
-        action="append",
-        default=None,
-        metavar="GLOB",
-        help="tests (node ids or globs, repeatable) whose regressions are intended: reported, "
-        "not failed; with --memline-save their new numbers replace the saved runs.",
-    )
-    group.addoption(
-        "--memline-isolate",
-        choices=("off", "fork"),
-        default=None,
-        help="fork: run every traced test body in a forked process that has run no other "
-        "test body, so that its numbers do not depend on test order (fixtures run in place; "
-        "what the body changes stays in the fork); off (default): in place.",
-    )
-    group.addoption(
-        "--memline-prune",
-        action="store_true",
-        default=None,
-        help="with --memline-save: remove the baseline entries of tests that are gone.",
-    )
-    group.addoption(
-        "--memline-json",
-        default=None,
-        metavar="PATH",
-        help="write every test's table and comparison to a JSON file.",
-    )
-    group.addoption(
-        "--memline-markdown",
-        default=None,
-        metavar="PATH",
-        help="write a Markdown summary (for a pull-request comment or $GITHUB_STEP_SUMMARY).",
-    )
+    from pytest_memline import _keys
+
+    _keys.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,7 +4,7 @@ use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::config::{self, Config, LimitRule};
+use crate::config::{self, Kind, Parsed, Schema, Spec};
 use crate::rss::{ReaderKind, RssReader};
 use crate::size;
 
@@ -47,55 +47,107 @@ fn format_size(bytes: i64) -> String {
     size::format_size(bytes)
 }
 
-fn rule_dict<'py>(py: Python<'py>, r: &LimitRule) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("match", &r.pattern)?;
-    d.set_item("test_limit", r.test_limit)?;
-    d.set_item("line_limit", r.line_limit)?;
-    d.set_item("tolerance", r.tolerance)?;
-    d.set_item("noise_floor", r.noise_floor)?;
-    Ok(d)
+/// A key of the schema as Python hands it over, `(name, kind, arg)`: `kind` is "bool",
+/// "size", "percent", "text", "modules", "globs", "choice" (`arg`: the choices) or "whole"
+/// (`arg`: `(low, high or None)`).
+fn spec(name: String, kind: &str, arg: Option<&Bound<'_, PyAny>>) -> PyResult<Spec> {
+    let kind = match kind {
+        "bool" => Kind::Bool,
+        "size" => Kind::Size,
+        "percent" => Kind::Percent,
+        "text" => Kind::Text,
+        "modules" => Kind::Modules,
+        "globs" => Kind::Globs,
+        "choice" => Kind::Choice(
+            arg.ok_or_else(|| PyValueError::new_err(format!("{name}: choices missing")))?
+                .extract()?,
+        ),
+        "whole" => {
+            let (low, high): (u32, Option<u32>) = arg
+                .ok_or_else(|| PyValueError::new_err(format!("{name}: bounds missing")))?
+                .extract()?;
+            Kind::Whole(low, high)
+        }
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "{name}: unknown kind {other:?}"
+            )))
+        }
+    };
+    Ok(Spec { name, kind })
 }
 
-fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("enabled", c.enabled)?;
-    d.set_item("test_limit", c.test_limit)?;
-    d.set_item("line_limit", c.line_limit)?;
-    d.set_item("tables", c.tables.as_deref())?;
-    d.set_item("top", c.top)?;
-    d.set_item("peak", c.peak)?;
-    d.set_item("metric", c.metric.as_deref())?;
-    d.set_item("baseline", c.baseline.as_deref())?;
-    d.set_item("tolerance", c.tolerance)?;
-    d.set_item("noise_floor", c.noise_floor)?;
-    d.set_item("samples", c.samples)?;
-    d.set_item("confirm", c.confirm)?;
-    d.set_item("accept", c.accept.clone())?;
-    d.set_item("isolate", c.isolate.as_deref())?;
-    d.set_item("include", c.include.clone())?;
-    d.set_item("malloc", c.malloc.as_deref())?;
-    let rules = PyList::empty(py);
-    for r in &c.limits {
-        rules.append(rule_dict(py, r)?)?;
+fn specs(given: &Bound<'_, PyAny>) -> PyResult<Vec<Spec>> {
+    let mut out = Vec::new();
+    for item in given.try_iter()? {
+        let item = item?;
+        let name: String = item.get_item(0)?.extract()?;
+        let kind: String = item.get_item(1)?.extract()?;
+        let arg = item.get_item(2)?;
+        let arg = if arg.is_none() { None } else { Some(&arg) };
+        out.push(spec(name, &kind, arg)?);
     }
-    d.set_item("limits", rules)?;
+    Ok(out)
+}
+
+fn parsed<'py>(py: Python<'py>, v: &Parsed) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Parsed::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Parsed::Int(n) => n.into_pyobject(py)?.into_any(),
+        Parsed::Float(f) => f.into_pyobject(py)?.into_any(),
+        Parsed::Text(s) => s.into_pyobject(py)?.into_any(),
+        Parsed::List(l) => PyList::new(py, l)?.into_any(),
+    })
+}
+
+fn values_dict<'py>(
+    py: Python<'py>,
+    specs: &[Spec],
+    values: &std::collections::BTreeMap<String, Parsed>,
+    extra: &[&str],
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for name in extra
+        .iter()
+        .copied()
+        .chain(specs.iter().map(|s| s.name.as_str()))
+    {
+        match values.get(name) {
+            Some(v) => d.set_item(name, parsed(py, v)?)?,
+            None => d.set_item(name, py.None())?,
+        }
+    }
     Ok(d)
 }
 
-/// `[tool.memline]` of a pyproject.toml's text as a dict, or None when there is none.
-/// Raises ValueError naming `file`, the key and the value.
+/// `[tool.memline]` of a pyproject.toml's text as a dict (every key of `keys`, None when not
+/// set, and "limits": a list of dicts with "match" and every key of `rule_keys`), or None when
+/// there is none. Raises ValueError naming `file`, the key and the value. `keys` and
+/// `rule_keys`: the schema, from pytest_memline/_keys.py.
 #[pyfunction]
 fn parse_pyproject<'py>(
     py: Python<'py>,
     text: &str,
     file: &str,
+    keys: &Bound<'py, PyAny>,
+    rule_keys: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
-    match config::parse_pyproject(text, file) {
-        Ok(Some(c)) => config_dict(py, &c).map(Some),
-        Ok(None) => Ok(None),
-        Err(e) => Err(PyValueError::new_err(e)),
+    let schema = Schema {
+        keys: specs(keys)?,
+        rule_keys: specs(rule_keys)?,
+    };
+    let c = match config::parse_pyproject(text, file, &schema) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(PyValueError::new_err(e)),
+    };
+    let d = values_dict(py, &schema.keys, &c.values, &[])?;
+    let rules = PyList::empty(py);
+    for r in &c.limits {
+        rules.append(values_dict(py, &schema.rule_keys, r, &["match"])?)?;
     }
+    d.set_item("limits", rules)?;
+    Ok(Some(d))
 }
 
 /// What the RSS reader can do here: `{"reader": ..., "exact_peak": ..., "note": ...}`.
@@ -160,7 +212,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_pyproject, m)?)?;
     m.add("SIZE_FORMS", size::SIZE_FORMS)?;
-    m.add("MAX_SAMPLES", config::MAX_SAMPLES)?;
-    m.add("MAX_CONFIRM", config::MAX_CONFIRM)?;
     Ok(())
 }

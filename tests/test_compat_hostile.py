@@ -312,7 +312,7 @@ def test_fuzz_sizes_config_and_baselines(tmp_path: Path) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from pytest_memline import _memline
+    from pytest_memline import _keys, _memline
 
     fuzz = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     units = st.sampled_from(["", "B", "b", "KB", "KiB", "MiB", "mib", "GB", "GiB", "TiB", "TB", "%", "PiB", "iB", " MiB"])
@@ -358,9 +358,9 @@ def test_fuzz_sizes_config_and_baselines(tmp_path: Path) -> None:
         text = "[tool.memline]\n" + "".join(f"{k} = {toml_of(v)}\n" for k, v in table.items())
         for rule in rules:
             text += "\n[[tool.memline.limits]]\n" + "".join(f"{k} = {toml_of(v)}\n" for k, v in rule.items())
-        _no_panic(_memline.parse_pyproject, text, "pyproject.toml")
-        _no_panic(_memline.parse_pyproject, junk, "pyproject.toml")
-        _no_panic(_memline.parse_pyproject, text + junk, "pyproject.toml")
+        _no_panic(_memline.parse_pyproject, text, "pyproject.toml", *_keys.schema())
+        _no_panic(_memline.parse_pyproject, junk, "pyproject.toml", *_keys.schema())
+        _no_panic(_memline.parse_pyproject, text + junk, "pyproject.toml", *_keys.schema())
 
     json_values = st.recursive(
         st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False), st.text(max_size=10)),

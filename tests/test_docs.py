@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_memline import _memline
+from pytest_memline import _keys, _memline
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -47,22 +47,31 @@ def toml_blocks(text: str) -> list[str]:
 def known_keys(table_header: str) -> set[str]:
     """The keys the real parser knows in a table, from its error for an unknown one."""
     with pytest.raises(ValueError, match="unknown key") as info:
-        _memline.parse_pyproject(f"{table_header}\nmatch = 'x'\nno_such_key = 1\n", "pyproject.toml")
+        parse(f"{table_header}\nmatch = 'x'\nno_such_key = 1\n", "pyproject.toml")
     return set(str(info.value).split("known keys: ", 1)[1].split(", "))
+
+
+def parse(text: str, file: str) -> dict | None:
+    return _memline.parse_pyproject(text, file, *_keys.schema())
+
+
+def test_the_parser_knows_the_keys_of_the_table() -> None:
+    assert known_keys("[tool.memline]") == {k.name for k in _keys.CONFIG_KEYS} | {"limits"}
+    assert known_keys("[[tool.memline.limits]]") == {k.name for k in _keys.RULE_KEYS} | {"match"}
 
 
 def test_readme_config_examples_are_accepted_and_complete() -> None:
     blocks = [b for b in toml_blocks(README) if "[tool.memline" in b]
     assert blocks, "the README has no [tool.memline] example"
     for block in blocks:
-        assert _memline.parse_pyproject(block, "README.md"), block
+        assert parse(block, "README.md"), block
     # the reference block (under "Configuration") shows every key the parser knows
     reference = next(b for b in blocks if "[[tool.memline.limits]]" in b)
-    parsed = _memline.parse_pyproject(reference, "README.md") or {}
+    parsed = parse(reference, "README.md") or {}
     assert set(parsed) == known_keys("[tool.memline]")
     assert set(parsed["limits"][0]) == known_keys("[[tool.memline.limits]]")
 
 
 def test_demo_pyproject_is_valid() -> None:
     text = (ROOT / "examples" / "pyproject.toml").read_text(encoding="utf-8")
-    assert _memline.parse_pyproject(text, "examples/pyproject.toml")
+    assert parse(text, "examples/pyproject.toml")

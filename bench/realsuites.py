@@ -1,0 +1,90 @@
+"""CPU cost of memline on real test suites, and whether their outcomes stay the same.
+
+Runs the test suites that ship inside installed packages (pandas, scikit-learn, numpy, ...)
+with plain pytest, with ``--memline`` (in place, the default) and with ``--memline
+--memline-isolate=fork``, interleaved, ``--repeat`` times, and prints per suite and mode the
+median CPU time (user + sys of the pytest process and its children), the ratio to plain, and
+the outcome counts (which must be the same in every mode).
+
+    python bench/realsuites.py [--repeat 3] [--suite pandas.tests.reshape] [--suite ...]
+        [--modes plain,memline,fork]
+
+Needs the packages installed (``pip install pandas scikit-learn``). CPU time, not wall time:
+the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+
+SUITES = ["pandas.tests.reshape", "sklearn.preprocessing"]
+MODES = {
+    "plain": ["-p", "no:memline"],
+    "memline": ["--memline"],
+    "fork": ["--memline", "--memline-isolate=fork"],
+}
+
+
+def run(suite: str, args: list[str]) -> tuple[float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+             "--pyargs", suite, *args],
+            cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"),
+        )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+    counts = re.sub(r" in [\d.]+s.*", "", tail).strip("= ")
+    return cpu, counts
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--suite", action="append", default=None)
+    p.add_argument("--modes", default="plain,memline,fork")
+    opts = p.parse_args()
+    modes = [m for m in opts.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        p.error(f"unknown mode(s) {bad}; known: {', '.join(MODES)}")
+    suites = opts.suite or SUITES
+    rows = []
+    same = True
+    for suite in suites:
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        outcomes: dict[str, set[str]] = {m: set() for m in modes}
+        for i in range(opts.repeat):
+            for mode in modes:
+                cpu, counts = run(suite, MODES[mode])
+                times[mode].append(cpu)
+                outcomes[mode].add(counts)
+                print(f"  {suite} {mode} {i + 1}/{opts.repeat}: {cpu:.1f} s CPU, {counts}", flush=True)
+        plain = statistics.median(times["plain"]) if "plain" in times else None
+        for mode in modes:
+            med = statistics.median(times[mode])
+            ratio = f"{med / plain:.2f}x" if plain else ""
+            rows.append((suite, mode, med, min(times[mode]), max(times[mode]), ratio, " / ".join(sorted(outcomes[mode]))))
+        first = outcomes[modes[0]]
+        same = same and all(outcomes[m] == first for m in modes)
+    print()
+    print(f"python {sys.version.split()[0]}, {opts.repeat} interleaved runs, CPU = user + sys")
+    print("| suite | mode | median CPU | range | ratio | outcomes |")
+    print("| --- | --- | ---: | --- | ---: | --- |")
+    for suite, mode, med, lo, hi, ratio, outs in rows:
+        print(f"| {suite} | {mode} | {med:.1f} s | {lo:.1f}-{hi:.1f} s | {ratio} | {outs} |")
+    print("outcomes identical in every mode" if same else "OUTCOMES DIFFER between modes")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

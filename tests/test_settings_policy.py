@@ -1,0 +1,102 @@
+"""The resolver and the marker, without a pytest session: one table of settings
+(pytest_memline/_keys.py) drives the options, the config parser and the resolver."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pytest_memline import _keys, _memline
+from pytest_memline._settings import MarkerError, parse_marker, resolve
+
+MIB = 1024 * 1024
+
+
+def options(**given: object) -> argparse.Namespace:
+    """pytest's option namespace: every option of the table unset, but those given."""
+    ns = argparse.Namespace(**{k.dest: None for k in _keys.KEYS if k.option})
+    for name, value in given.items():
+        setattr(ns, _keys.BY_NAME[name].dest, value)
+    return ns
+
+
+def config(text: str) -> dict:
+    parsed = _memline.parse_pyproject(text, "pyproject.toml", *_keys.schema())
+    assert parsed is not None
+    return parsed
+
+
+def test_defaults_come_from_the_table(tmp_path: Path) -> None:
+    s = resolve(options(), None, None, tmp_path, tmp_path)
+    for key in _keys.KEYS:
+        if key.name in ("test_limit", "line_limit", "save", "compare", "json_report", "markdown_report", "enabled", "baseline"):
+            continue
+        got = getattr(s, key.name)
+        got = getattr(got, "value", got)  # a Limit or Tolerance
+        want = tuple(key.default) if isinstance(key.default, tuple) else key.default
+        assert got == want, key.name
+    assert s.noise_floor.source == "default" and s.tolerance.source == "default"
+
+
+def test_command_line_beats_config_beats_default_and_says_where(tmp_path: Path) -> None:
+    cfg = config('[tool.memline]\ntolerance = "20%"\nnoise_floor = "2MiB"\nsamples = 7\ntest_limit = "1GiB"\n')
+    s = resolve(options(tolerance=0.5, top=3), cfg, "pyproject.toml", tmp_path, tmp_path)
+    assert (s.tolerance.value, s.tolerance.source) == (0.5, "--memline-tolerance")
+    assert (s.noise_floor.value, s.noise_floor.source) == (2 * MIB, "pyproject.toml [tool.memline] noise_floor")
+    assert s.test_limit is not None and s.test_limit.source == "pyproject.toml [tool.memline] test_limit"
+    assert (s.samples, s.top) == (7, 3)
+
+
+def test_paths_rules_accept_and_peak(tmp_path: Path) -> None:
+    here = tmp_path / "sub"
+    cfg = config(
+        '[tool.memline]\nbaseline = "b/base.json"\naccept = ["a::*"]\npeak = false\n'
+        '[[tool.memline.limits]]\nmatch = "t::*"\nline_limit = "3MiB"\ntolerance = "5%"\n'
+    )
+    s = resolve(options(save="", compare="x.json", accept=["b::*"]), cfg, "pyproject.toml", tmp_path, here)
+    assert s.save == str(tmp_path / "b/base.json") and s.compare == str(here / "x.json")
+    assert s.accept == ("a::*", "b::*") and s.peak is False
+    rule = s.rules[0]
+    assert rule.line_limit is not None and rule.line_limit.value == 3 * MIB
+    assert rule.tolerance is not None and rule.tolerance.source.endswith("#1 (match = 't::*')")
+    assert resolve(options(peak="on"), cfg, "pyproject.toml", tmp_path, tmp_path).peak is True
+    limits = s.limits_for("t::x", None)
+    assert limits.line is not None and limits.line.value == 3 * MIB and limits.tolerance.value == 0.05
+    with pytest.raises(pytest.UsageError, match="use it with --memline-save"):
+        resolve(options(prune=True), None, None, tmp_path, tmp_path)
+
+
+def mark(*args: object, **kwargs: object) -> pytest.Mark:
+    return pytest.mark.mem_limit(*args, **kwargs).mark
+
+
+@pytest.mark.parametrize(
+    ("m", "message"),
+    [
+        (mark("1MiB", "2MiB"), "takes at most one positional argument (the test limit), got 2"),
+        (mark(lines="1MiB"), "got unknown keyword lines='1MiB'; accepted: mem_limit(test, *, line,"),
+        (mark("1MiB", test="2MiB"), "got the test limit twice"),
+        (mark(), "sets no limit"),
+        (mark(line="lots"), "(line='lots'): \"lots\": not a size; expected"),
+        (mark(line=True), "(line=True): True: not a size"),
+        (mark(tolerance=10), "(tolerance=10): 10: not a percentage; expected a percentage such as '10%'"),
+        (mark(metric="gpu"), "(metric='gpu'): expected 'rss' or 'heap'"),
+    ],
+)
+def test_marker_errors(m: pytest.Mark, message: str) -> None:
+    with pytest.raises(MarkerError) as info:
+        parse_marker(m, "t.py::t")
+    assert str(info.value).startswith("t.py::t: @pytest.mark.mem_limit")
+    assert message in str(info.value), str(info.value)
+
+
+def test_marker_values() -> None:
+    got = parse_marker(mark("60MiB", line="5MiB", tolerance="20%", metric="heap"), "t")
+    assert got is not None and got.test is not None and got.line is not None and got.tolerance is not None
+    assert (got.test.value, got.line.value, got.tolerance.value, got.metric) == (60 * MIB, 5 * MIB, 0.2, "heap")
+    assert got.test.source == "@pytest.mark.mem_limit"
+    assert parse_marker(None, "t") is None
+    # every marker keyword is a setting of the table
+    assert set(_keys.MARKER_KEYS) == {"test", "line", "tolerance", "noise_floor", "metric"}
