@@ -8,7 +8,6 @@ messages and keeps the run's summary.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import platform

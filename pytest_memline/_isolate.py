@@ -40,7 +40,7 @@ class Isolator:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
-        if self.in_child or self.plugin.tracing is not None:
+        if self.in_child or self.plugin.measure.tracing is not None:
             # the nested call in the child, or a re-measurement: the next implementation runs
             # the test
             return None
@@ -52,9 +52,9 @@ class Isolator:
             os._exit(70)
 
     def _fork(self, item: pytest.Function) -> bool:
-        plugin = self.plugin
+        measure = self.plugin.measure
         # once here, not in every child: the child inherits a collected heap and a trimmed malloc
-        plugin.settle(plugin._plan(item).metric)
+        measure.settle(measure.plan(item).metric)
         read_fd, write_fd = os.pipe()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, fork()"
@@ -109,14 +109,14 @@ class Isolator:
         """Measures the body ``confirm`` more times, each in a fresh fork of this process as
         the first time, and rewrites the child's report with what they showed."""
         from pytest_memline._gate import Comparison
-        from pytest_memline.plugin import LIMITS_KEY, SECTION_DIFF, SECTION_TABLE
+        from pytest_memline._measure import LIMITS_KEY, SECTION_DIFF, SECTION_TABLE
 
-        plugin = self.plugin
+        measure = self.plugin.measure
         payload = dict(report["memline"])
         first = Comparison.from_dict(payload["comparison"])
-        again = plugin.reconfirm(
+        again = measure.reconfirm(
             item,
-            plugin._plan(item),
+            measure.plan(item),
             first,
             item.stash[LIMITS_KEY],
             float(report.get("duration") or 0.0),

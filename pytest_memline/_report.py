@@ -31,9 +31,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_memline._results import RunResults
 
 from pytest_memline._gate import describe_group
 from pytest_memline._preflight import count
@@ -59,24 +61,20 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
-def json_report(
-    *,
-    metric: str,
-    python: str,
-    platform: str,
-    baseline: str | None,
-    summary: Mapping[str, Any],
-    tests: Mapping[str, Any],
-) -> str:
+def json_report(results: RunResults) -> str:
+    """Every test's table and comparison, and the run's figures."""
+    from pytest_memline._gate import platform_tag, python_version
+
+    s = results.settings
     doc = {
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
-        "metric": metric,
-        "python": python,
-        "platform": platform,
-        "baseline": baseline,
-        "summary": dict(summary),
-        "tests": dict(sorted(tests.items())),
+        "metric": s.metric,
+        "python": python_version(),
+        "platform": platform_tag(),
+        "baseline": s.compare,
+        "summary": dict(results.figures()),
+        "tests": {nodeid: t.to_json() for nodeid, t in sorted(results.tests.items())},
     }
     return json.dumps(doc, indent=2) + "\n"
 
@@ -85,15 +83,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def markdown_report(
-    *,
-    summary: Mapping[str, Any],
-    changes: Sequence[tuple[int, str, Mapping[str, Any]]],
-    top_lines: Sequence[tuple[int, str, int, str]],
-    over_budget: Sequence[tuple[str, str]],
-    baseline: str | None,
-) -> str:
+def markdown_report(results: RunResults) -> str:
     """A compact summary: counts, regressions and improvements, budget failures, top lines."""
+    from pytest_memline._preflight import display
+
+    summary = results.figures()
+    changes = results.gate.biggest(10)
+    top_lines = results.top_lines()
+    over_budget = results.over_budget
+    baseline = display(results.settings.compare) if results.settings.compare else None
     out = []
     counts = ", ".join(
         f"{summary.get(k, 0)} {k}" for k in ("regressed", "improved", "unchanged", "new")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pytest_memline._keys import BY_NAME, KEYS, METRICS, RULE_KEYS
+from pytest_memline._keys import BY_NAME, RULE_KEYS
 from pytest_memline._preflight import (  # noqa: F401  (re-exported)
     MARKER,
     MARKER_DOC,

@@ -1,0 +1,359 @@
+"""Measuring one test: tracing its body, building its table, checking its budgets and its
+baseline, and measuring it again when it looks regressed. ``Measurer`` is used by the plugin's
+hooks; what it finds travels on the item (``OUTCOME_KEY``) to the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_memline._items import (
+    calls_pyfunc_call,
+    doctest_of,
+    doctest_prefix,
+    location,
+    split_examples,
+    test_function,
+    watch_threads,
+)
+
+if TYPE_CHECKING:
+    from pytest_memline._settings import Settings, TestLimits
+
+#: Per-item state: the limits resolved at setup, and what was measured and found.
+LIMITS_KEY = pytest.StashKey["TestLimits"]()
+OUTCOME_KEY = pytest.StashKey["TestOutcome"]()
+
+SECTION_TABLE = "memline: memory table"
+SECTION_DIFF = "memline: diff against the baseline"
+#: glibc's mmap and trim thresholds with `malloc = "fixed"`: its defaults, kept from rising.
+MALLOC_THRESHOLD = 128 * 1024
+#: A full garbage collection before each test while one takes less than this (seconds); on a
+#: larger heap, the young generations only.
+FULL_COLLECTION_BUDGET = 0.002
+#: Seconds a forked re-measurement may take beyond 4x the test's own time per run.
+CONFIRM_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """How one item is traced: its code (None for doctests and items without one), why it has
+    no per-line view, its module's globals (to find its source), what else to trace, and the
+    metric."""
+
+    code: types.CodeType | None
+    why: str | None
+    module_globals: Any
+    include: list[str]
+    metric: str
+
+
+@dataclass
+class TestOutcome:
+    """What the plugin measured for one test, and what it found."""
+
+    table: Any  # MemoryTable
+    limits: TestLimits
+    violations: list[Any]  # _budget.Violation
+    comparison: Any  # _gate.Comparison | None
+    included: tuple[Any, ...] = ()  # MemoryTables of the `include`d functions the test called
+
+    __test__ = False
+
+    def render_tables(self) -> str:
+        """The test's table, then the tables of the included functions it called."""
+        parts = [self.table.render()]
+        parts += [t.render() for t in self.included]
+        return "\n\n".join(parts)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations) or bool(
+            self.comparison and self.comparison.status in ("regressed", "refused")
+        )
+
+    def message(self) -> str:
+        from pytest_memline._gate import change_message, group_changes
+
+        lines = [v.message(self.table) for v in self.violations]
+        if self.comparison is not None and self.comparison.status == "refused":
+            lines.append(f"memline: {self.comparison.reason}")
+        confirmation = None
+        if self.comparison is not None and self.comparison.regressed:
+            groups = group_changes(self.comparison.changes)
+            # the lines first: they answer "which line?"; the test's own growth last
+            groups.sort(key=lambda g: g["line"] is None)
+            lines += [change_message(g, self.limits) for g in groups]
+            confirmation = self.comparison.confirmation()
+        if len(lines) > 1:
+            lines[0] += f" (and {len(lines) - 1} more)"
+        if confirmation:
+            lines.append(f"memline: the regression was {confirmation}")
+        return "\n".join(lines)
+
+
+class Measurer:
+    """Traces test bodies and judges what they measured (budgets, baseline)."""
+
+    def __init__(self, settings: Settings, native: Any, gate: Any, malloc_fixed: bool) -> None:
+        self.settings = settings
+        self.native = native
+        self.gate = gate
+        self.malloc_fixed = malloc_fixed
+        # resolved after collection, when the test modules (and sys.path entries) are in place
+        self.include_paths: list[str] = []
+        #: the Isolator when isolate = "fork"
+        self.isolator: Any = None
+        #: the item being traced (a nested pytest_pyfunc_call is left alone)
+        self.tracing: pytest.Item | None = None
+        # full garbage collections before each test, until one costs too much (a large heap)
+        self._full_collections = True
+
+    def traced(self, item: pytest.Item) -> Generator[None, object, object]:
+        if self.tracing is not None:
+            # pytest_pyfunc_call inside a runtest that is already traced: an item class that
+            # overrides runtest and then calls the original (pytest-asyncio's, for one)
+            return (yield)
+        if self.isolator is not None and not self.isolator.in_child and calls_pyfunc_call(item):
+            # isolate = "fork": the body is traced in the child (see _isolate)
+            return (yield)
+        run = self.plan(item)
+        threads_done = watch_threads()
+        failure = self.start(run)
+        if failure is not None:
+            # no free sys.monitoring tool id, RSS unreadable: one line, not a traceback
+            threads_done()
+            pytest.fail(failure, pytrace=False)
+        self.tracing = item
+        began = time.perf_counter()
+        try:
+            result = yield
+        finally:
+            self.tracing = None
+            trace = self.native.stop()
+            outcome = self.evaluate(item, run, trace, threads_done())
+            item.stash[OUTCOME_KEY] = outcome
+            # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
+            item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
+        comparison = outcome.comparison
+        if comparison is not None and comparison.regressed and self.can_confirm(run):
+            outcome = self.confirm(item, run, outcome, time.perf_counter() - began)
+            item.stash[OUTCOME_KEY] = outcome
+        if outcome.failed:
+            pytest.fail(outcome.message(), pytrace=False)
+        return result
+
+    def plan(self, item: pytest.Item) -> Run:
+        """What tracing this item takes: its code, where its source is, what else to trace."""
+        code, why, module_globals = test_function(item)
+        dtest = doctest_of(item) if code is None else None
+        include = self.include_paths
+        if dtest is not None:
+            include = [*include, doctest_prefix(dtest) + "*"]
+        metric = item.stash[LIMITS_KEY].metric if LIMITS_KEY in item.stash else self.settings.metric
+        return Run(code, why, module_globals, include, metric)
+
+    def start(self, run: Run) -> str | None:
+        """Collects garbage, trims malloc and starts the tracer; why it could not start, or None."""
+        if self.isolator is None or not self.isolator.in_child:
+            # (isolated, the parent did this just before the fork)
+            self.settle(run.metric)
+        s = self.settings
+        try:
+            self.native.start(
+                [run.code] if run.code is not None else [],
+                peak=s.peak,
+                reader=s.reader,
+                backend=s.backend,
+                metric=run.metric,
+                include=run.include,
+            )
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+
+    def settle(self, metric: str) -> None:
+        """Before a test: collects garbage and returns malloc's free memory to the kernel."""
+        import gc
+
+        if metric == "heap" or self._full_collections:
+            # cyclic garbage left by earlier tests is freed now, not inside one of this test's
+            # lines (and with the heap metric, the same collector schedule on every run)
+            began = time.perf_counter()
+            gc.collect()
+            if metric != "heap" and time.perf_counter() - began > FULL_COLLECTION_BUDGET:
+                self._full_collections = False
+        else:
+            # a large heap: the young generations only (where the garbage of the test before
+            # almost always is); a full collection costs tens of milliseconds there
+            gc.collect(1)
+        if self.malloc_fixed:
+            # every test starts from the same allocator state: memory freed by earlier tests
+            # (and by the plugin between tests) goes back to the kernel instead of being reused
+            # silently by this test's allocations
+            self.native.trim_malloc()
+
+    def can_confirm(self, run: Run) -> bool:
+        from pytest_memline import _fork
+
+        # the heap metric repeats exactly: a regression there needs no second look
+        return self.settings.confirm > 0 and run.metric != "heap" and _fork.available()
+
+    def call_again(self, item: pytest.Item) -> None:
+        """Runs the test's body once more, as pytest ran it (this plugin stands aside)."""
+        self.tracing = item
+        try:
+            if calls_pyfunc_call(item):
+                item.ihook.pytest_pyfunc_call(pyfuncitem=item)
+            else:
+                item.runtest()
+        finally:
+            self.tracing = None
+
+    def confirm(
+        self, item: pytest.Item, run: Run, outcome: TestOutcome, duration: float
+    ) -> TestOutcome:
+        """Measures a test that looks regressed again (see ``reconfirm``); it stays regressed
+        only when most of the re-runs show one of the grown values again."""
+        assert outcome.comparison is not None
+        if self.isolator is not None and self.isolator.in_child:
+            # isolated: the parent measures it again in fresh forks, as it measured it first
+            return outcome
+        comparison = self.reconfirm(item, run, outcome.comparison, outcome.limits, duration, warm=True)
+        table = outcome.table
+        if comparison.status == "unconfirmed":
+            table = table.with_marks(v.lineno for v in outcome.violations if v.lineno is not None)
+        return dataclasses.replace(outcome, table=table, comparison=comparison)
+
+    def reconfirm(
+        self,
+        item: pytest.Item,
+        run: Run,
+        first: Any,
+        limits: TestLimits,
+        duration: float,
+        *,
+        warm: bool,
+    ) -> Any:
+        """The comparison ``first`` after ``confirm`` more measurements of the test, in a forked
+        child (what the re-runs do stays there). ``warm``: the child is a fork of this process
+        after the test ran in it, so caches built on first use are warm; it runs the test once
+        unmeasured first, because a fork does not share the parent's page-table entries of code
+        and data files, and faulting them in again would count as growth. Not ``warm``: this
+        process has not run the body (isolate = "fork"), and the re-runs start as the first run
+        did."""
+        from pytest_memline import _fork
+        from pytest_memline.table import MemoryTable
+
+        runs = self.settings.confirm
+
+        def work() -> list[dict[str, Any]]:
+            if warm:
+                self.call_again(item)
+            tables = []
+            for _ in range(runs):
+                failure = self.start(run)
+                if failure is not None:
+                    raise RuntimeError(failure)
+                try:
+                    self.call_again(item)
+                finally:
+                    trace = self.native.stop()
+                tables.append(self.table(item, run, trace, threads=False).to_dict())
+            return tables
+
+        timeout = CONFIRM_TIMEOUT + 4 * (runs + 1) * duration
+        try:
+            tables = _fork.run_in_child(work, timeout)
+        except _fork.ForkError as exc:
+            return dataclasses.replace(first, rerun_error=str(exc))
+        reproduced = sum(
+            self.gate.reproduces(item.nodeid, MemoryTable.from_dict(t), limits, first)
+            for t in tables
+        )
+        status = "regressed" if 2 * reproduced > runs else "unconfirmed"
+        return dataclasses.replace(first, status=status, reruns=runs, reproduced=reproduced)
+
+    def evaluate(self, item: pytest.Item, run: Run, trace: Any, threads: bool) -> TestOutcome:
+        from pytest_memline._budget import check
+        from pytest_memline.table import build_table
+
+        table, own, functions = self.measured(item, run, trace, threads)
+        from pytest_memline._settings import TestLimits
+
+        limits = item.stash.get(LIMITS_KEY, TestLimits())
+        checked = table
+        if not table.has_source and own is not None and limits.line is not None:
+            # no source to show, but the lines were measured: the line budget still holds
+            from pytest_memline.table import LineRow
+
+            rows = (LineRow(ln, "", mem, inc, pk, occ) for ln, inc, pk, mem, occ in own.lines)
+            checked = dataclasses.replace(table, rows=tuple(rows))
+        violations = check(checked, limits)
+        comparison = self.gate.compare(item.nodeid, table, limits)
+        marks = {v.lineno for v in violations if v.lineno is not None}
+        if comparison is not None and comparison.regressed:
+            marks |= {c["line"] for c in comparison.changes if c["line"] is not None}
+        included = tuple(
+            dataclasses.replace(
+                build_table(
+                    title=f"{item.nodeid} > included {f.code.co_qualname}",
+                    code=f.code,
+                    lines=f.lines,
+                    start_rss=trace.start_rss,
+                    end_rss=trace.end_rss,
+                    peak_growth=max((pk for _, _, pk, _, _ in f.lines), default=0),
+                    exact_peak=trace.exact_peak,
+                    metric=trace.metric,
+                ),
+                role="included",
+            )
+            for f in functions
+        )
+        return TestOutcome(table.with_marks(marks), limits, violations, comparison, included)
+
+    def table(self, item: pytest.Item, run: Run, trace: Any, threads: bool) -> Any:
+        return self.measured(item, run, trace, threads)[0]
+
+    def measured(
+        self, item: pytest.Item, run: Run, trace: Any, threads: bool
+    ) -> tuple[Any, Any, list[Any]]:
+        """The test's table, its own function trace, and the traces of included functions."""
+        from pytest_memline.table import build_table
+
+        code, why, module_globals = run.code, run.why, run.module_globals
+        notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
+        if threads:
+            notes.append(
+                "the test started threads: RSS is per process, so their memory is in these "
+                "numbers, but their lines are not traced"
+            )
+        functions = list(trace.functions)
+        own = functions.pop(0) if code is not None and functions else None
+        dtest = doctest_of(item) if code is None else None
+        examples: dict[int, Any] = {}
+        if dtest is not None:
+            examples, functions = split_examples(dtest, functions)
+        table = build_table(
+            title=item.nodeid,
+            code=code,
+            lines=own.lines if own is not None else [],
+            start_rss=trace.start_rss,
+            end_rss=trace.end_rss,
+            peak_growth=trace.peak_growth,
+            exact_peak=trace.exact_peak,
+            metric=trace.metric,
+            notes=notes,
+            no_code_reason=why,
+            module_globals=module_globals,
+            location=location(item) if code is None else None,
+            doctest=dtest,
+            examples=examples,
+        )
+        return table, own, functions

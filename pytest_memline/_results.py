@@ -1,0 +1,183 @@
+"""The run's results: one object that collects what every traced test reported (its outcome,
+table, budget failures, comparison) and the session's figures, and that every report reads:
+the terminal summary, the JSON and Markdown files, the baseline that is saved.
+
+It lives on the process that reports (the xdist controller, or the only process); workers
+send their tables on the reports (``report.memline``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_memline._gate import Comparison, Gate
+    from pytest_memline._settings import Settings
+    from pytest_memline.table import MemoryTable
+
+#: The smallest increment the top lines list: 0.05 MiB, the first one shown as 0.1 MiB.
+SHOWN_AS_NONZERO = 2**20 // 20 + 1
+
+
+@dataclass
+class TestResult:
+    """What one traced test reported."""
+
+    nodeid: str
+    outcome: str
+    table: MemoryTable
+    included: tuple[MemoryTable, ...]
+    violations: tuple[str, ...]
+    comparison: Comparison | None
+
+    __test__ = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "peak_growth": self.table.peak_growth,
+            "violations": list(self.violations),
+            "table": self.table.to_dict(),
+            "comparison": self.comparison.to_dict() if self.comparison else None,
+            "included": [t.to_dict() for t in self.included],
+        }
+
+
+@dataclass
+class RunResults:
+    """Everything the reports need, gathered as the tests report. Kept small: the top lines,
+    the tables only when they are shown, the tests' data only when a JSON report is written."""
+
+    settings: Settings
+    gate: Gate
+    #: node ids collected (also by the xdist workers), for "gone" baseline entries
+    collected: set[str] = field(default_factory=set)
+    traced: int = 0
+    over_budget: list[tuple[str, str]] = field(default_factory=list)
+    top: list[tuple[int, str, int, str]] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    tests: dict[str, TestResult] = field(default_factory=dict)
+    #: set at the end of the run
+    summary: dict[str, Any] | None = None
+    saved_lines: list[str] = field(default_factory=list)
+
+    def add(self, result: TestResult, passed: bool, thresholds: Mapping[str, Any] | None) -> None:
+        self.traced += 1
+        if result.violations:
+            self.over_budget.append((result.nodeid, result.violations[0]))
+        self.gate.record(result.nodeid, result.table, passed, result.comparison, thresholds)
+        self._remember_top(result.nodeid, result.table)
+        if self.settings.tables == "all":
+            self.show(result.table, *result.included)
+        if self.settings.json_report is not None:
+            self.tests[result.nodeid] = result
+
+    def show(self, *tables: MemoryTable) -> None:
+        """Tables for the end of the run (``tables = "all"``)."""
+        self.tables.append("\n\n".join(t.render() for t in tables))
+
+    def _remember_top(self, nodeid: str, table: MemoryTable) -> None:
+        """Keeps the candidates for the top lines: rows whose increment shows as at least
+        0.1 MiB (a row of "0.0 MiB" says nothing), at most a few times `top` of them."""
+        n = self.settings.top
+        if n <= 0:
+            return
+        for row in table.lines:
+            if row.increment is not None and row.increment >= SHOWN_AS_NONZERO:
+                self.top.append((row.increment, nodeid, row.lineno, row.contents.strip()))
+        if len(self.top) > 4 * n:
+            self.top = self.top_lines()
+
+    def top_lines(self) -> list[tuple[int, str, int, str]]:
+        """The `top` largest increments, largest first; equal ones by node id and line, so the
+        list is the same whatever order the tests (or xdist workers) reported in."""
+        return sorted(self.top, key=lambda e: (-e[0], e[1], e[2]))[: self.settings.top]
+
+    def figures(self) -> dict[str, Any]:
+        """The session's figures: tests traced and over budget, the baseline's counts."""
+        if self.summary is not None:
+            return self.summary
+        return {
+            "traced": self.traced,
+            "over_budget": len(self.over_budget),
+            **self.gate.counts,
+            "gone": self.gate.gone(self.collected),
+        }
+
+    def finish(self) -> None:
+        """The end of the run: the figures are fixed, the baseline saved, the files written."""
+        from pytest_memline import _report
+
+        self.summary = self.figures()
+        self.saved_lines = self.gate.save(self.summary["gone"])
+        s = self.settings
+        if s.json_report is not None:
+            _report.write_atomic(s.json_report, _report.json_report(self))
+        if s.markdown_report is not None:
+            _report.write_atomic(s.markdown_report, _report.markdown_report(self))
+
+    def write_terminal(self, tr: Any, isolated: bool) -> None:
+        """The terminal summary."""
+        from pytest_memline._gate import describe_group
+        from pytest_memline._preflight import count, display
+        from pytest_memline.table import mib, signed_mib
+
+        s = self.settings
+        if self.tables:
+            tr.write_sep("=", "memline: memory tables")
+            for text in self.tables:
+                tr.write_line(text)
+                tr.write_line("")
+        if s.top > 0 and self.top:
+            top = self.top_lines()
+            tr.write_sep("=", f"memline: top {count(len(top), 'line')} by increment")
+            for inc, nodeid, lineno, contents in top:
+                tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {contents[:80]}")
+        summary = self.figures()
+        if s.compare is not None:
+            tr.write_sep("=", f"memline: against {display(s.compare)}")
+            tr.write_line(counts_line(summary))
+            for delta, nodeid, group in self.gate.biggest():
+                tr.write_line(f"  {signed_mib(delta):>12}  {nodeid}  {describe_group(group)}")
+            for nodeid in self.gate.new_tests[:10]:
+                tr.write_line(f"  new: {nodeid}")
+            if len(self.gate.new_tests) > 10:
+                tr.write_line(f"  ... and {len(self.gate.new_tests) - 10} more new")
+            for nodeid in summary["gone"]:
+                tr.write_line(f"  gone: {nodeid}")
+            for nodeid, group, comparison in self.gate.doubtful:
+                why = comparison.confirmation()
+                tr.write_line(
+                    f"  {comparison.status}: {nodeid}  {describe_group(group)}"
+                    + (f" ({why})" if why else "")
+                )
+            if (summary["regressed"] or summary["unconfirmed"]) and not isolated and s.metric == "rss":
+                tr.write_line(
+                    "memline: note: measured in place, a test's RSS depends on the tests that ran "
+                    "before it; --memline-isolate=fork measures every body from the same state "
+                    '(README: "Test order")'
+                )
+        for line in self.saved_lines:
+            tr.write_line(line)
+        if self.traced:
+            tr.write_line(
+                f"memline: {count(self.traced, 'test')} traced, {len(self.over_budget)} over budget"
+            )
+        for path in (s.json_report, s.markdown_report):
+            if path is not None:
+                tr.write_line(f"memline: wrote {display(path)}")
+
+
+def counts_line(summary: Mapping[str, Any]) -> str:
+    """``1 regressed, 0 improved, 38 unchanged, 0 new, 1 gone[, 2 unconfirmed ...]``."""
+    counts = ", ".join(f"{summary[k]} {k}" for k in ("regressed", "improved", "unchanged", "new"))
+    counts += f", {len(summary['gone'])} gone"
+    if summary["accepted"]:
+        counts += f", {summary['accepted']} accepted"
+    if summary["unconfirmed"]:
+        counts += f", {summary['unconfirmed']} unconfirmed (did not reproduce)"
+    if summary["refused"]:
+        counts += f", {summary['refused']} refused (another metric)"
+    return counts
