@@ -257,6 +257,7 @@ impl Baseline {
     }
 
     /// Parses and validates a baseline's text (version 1 is migrated).
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::parse_versioned(text).map(|(b, _)| b)
     }
@@ -277,6 +278,7 @@ impl Baseline {
     }
 
     /// Loads a baseline file.
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         Self::load_versioned(path).map(|(b, _)| b)
     }

@@ -125,6 +125,7 @@ impl Thresholds {
     }
 
     /// `new` grew past the thresholds against a single sample `old`.
+    #[cfg(test)]
     pub fn exceeded(&self, old: i64, new: i64) -> bool {
         self.above(Band::single(old), new)
     }

@@ -2,16 +2,16 @@
 
 use pyo3::prelude::*;
 
-pub mod baseline;
+mod baseline;
 mod bench;
-pub mod config;
-pub mod diff;
-mod heap;
-pub mod lines;
+mod config;
+mod diff;
+mod lines;
+mod meter;
 mod pyapi;
 mod pybaseline;
-pub mod rss;
-pub mod size;
+mod rss;
+mod size;
 mod tracer;
 
 #[pymodule]

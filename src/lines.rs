@@ -56,10 +56,6 @@ impl FunctionRecord {
             .map(|(i, s)| (self.first_line + i as u32, *s))
     }
 
-    pub fn open_line(&self) -> Option<u32> {
-        self.open.map(|o| o.line)
-    }
-
     #[inline]
     fn close(&mut self, rss: u64) {
         if let Some(open) = self.open.take() {

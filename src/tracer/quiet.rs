@@ -41,7 +41,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::ffi;
 use pyo3::Python;
 
-use super::{session, trace_callback, GilCell};
+use super::settrace::trace_callback;
+use super::{session, GilCell};
 
 /// Nested calls through [`eval_frame`] on one thread before it steps aside for deeper calls.
 const MAX_DEPTH: u32 = 1000;

@@ -14,6 +14,8 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use super::Meter;
+
 pub struct HeapMeter {
     get_traced_memory: Py<PyAny>,
     reset_peak: Py<PyAny>,
@@ -37,7 +39,7 @@ impl HeapMeter {
 
     /// `(current, peak since the last reset)` in bytes; `None` if tracemalloc stopped meanwhile.
     #[inline]
-    pub fn sample(&self) -> Option<(u64, u64)> {
+    fn read(&self) -> Option<(u64, u64)> {
         // SAFETY: called with the GIL held (from the trace callbacks or from Python).
         unsafe {
             let t = ffi::PyObject_CallNoArgs(self.get_traced_memory.as_ptr());
@@ -59,10 +61,21 @@ impl HeapMeter {
             out
         }
     }
+}
+
+impl Meter for HeapMeter {
+    #[inline]
+    fn sample(&mut self) -> Option<(u64, u64)> {
+        self.read()
+    }
+
+    fn failure(&self) -> &'static str {
+        "tracemalloc stopped during the trace"
+    }
 
     #[inline]
-    pub fn reset(&self) {
-        // SAFETY: GIL held, as for `sample`.
+    fn reset_peak(&mut self) {
+        // SAFETY: GIL held, as for `read`.
         unsafe {
             let r = ffi::PyObject_CallNoArgs(self.reset_peak.as_ptr());
             if r.is_null() {
@@ -73,8 +86,32 @@ impl HeapMeter {
         }
     }
 
+    fn begin(&mut self) -> Result<u64, String> {
+        self.reset_peak();
+        self.read()
+            .map(|(current, _)| current)
+            .ok_or_else(|| "memline: cannot read tracemalloc".to_string())
+    }
+
+    fn name(&self) -> &'static str {
+        "heap"
+    }
+
+    fn source(&self) -> &'static str {
+        "tracemalloc"
+    }
+
+    /// tracemalloc's peak is exact.
+    fn exact_peak(&self) -> bool {
+        true
+    }
+
+    fn peak_note(&self) -> Option<String> {
+        None
+    }
+
     /// Stops tracemalloc if this meter started it.
-    pub fn close(&self, py: Python<'_>) -> PyResult<()> {
+    fn close(self, py: Python<'_>, _clean: bool) -> PyResult<()> {
         if self.started_here {
             py.import("tracemalloc")?.call_method0("stop")?;
         }

@@ -1,0 +1,277 @@
+//! The `sys.monitoring` backend (3.12+): LINE and PY_* events enabled on the traced code
+//! objects only, under a free tool id.
+
+use super::*;
+
+const EV_LINE: u32 = 1 << 5;
+const EV_PY_START: u32 = 1 << 0;
+const EV_PY_RESUME: u32 = 1 << 1;
+const EV_PY_RETURN: u32 = 1 << 2;
+const EV_PY_YIELD: u32 = 1 << 3;
+const EV_PY_UNWIND: u32 = 1 << 14;
+/// The events enabled on each traced code object.
+const LOCAL_EVENTS: u32 = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | EV_PY_YIELD;
+/// Tool ids we may take, in order of preference: 0 (debugger), 1 (coverage) and 5
+/// (optimizer) are left to their owners.
+const TOOL_IDS: [u8; 3] = [2, 3, 4];
+const TOOL_NAME: &str = "pytest-memline";
+
+/// The session and the function index for a monitoring event on `code`, when the code is one
+/// of ours and the event comes from the traced thread. Code identity first (cheapest).
+#[inline]
+unsafe fn monitoring_session(code: *mut ffi::PyObject) -> Option<(&'static mut Session, usize)> {
+    let s = session()?;
+    let func = s.index_of(code)?;
+    if s.backend != Backend::Monitoring || ffi::PyThreadState_Get() != s.thread {
+        return None;
+    }
+    Some((s, func))
+}
+
+fn guarded(f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        // SAFETY: GIL held (we are called from Python).
+        if let Some(s) = unsafe { session() } {
+            s.error
+                .get_or_insert("internal error (panic) in a monitoring callback");
+        }
+    }
+}
+
+/// The LINE callback, `_mon_line(code, line_number, /)`: a plain `METH_FASTCALL` C function
+/// rather than a `#[pyfunction]`, so a line pays for no argument parsing by name, no GIL-count
+/// bookkeeping and no object besides the (immortal) `None` it returns.
+unsafe extern "C" fn mon_line(
+    _module: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if nargs != 2 {
+        ffi::PyErr_SetString(
+            ffi::PyExc_TypeError,
+            c"_mon_line() takes 2 positional arguments (code, line_number)".as_ptr(),
+        );
+        return std::ptr::null_mut();
+    }
+    let code = *args;
+    guarded(|| {
+        // SAFETY: GIL held (CPython calls us with it). LINE is enabled on the traced code
+        // objects only, so the identity check hits, and the thread check settles the rest.
+        let Some((s, func)) = (unsafe { monitoring_session(code) }) else {
+            return;
+        };
+        // SAFETY: CPython passes the line number as an int.
+        let line = unsafe { ffi::PyLong_AsLong(*args.add(1)) };
+        let line = if line == -1 && unsafe { !ffi::PyErr_Occurred().is_null() } {
+            unsafe { ffi::PyErr_Clear() };
+            0
+        } else {
+            c_int::try_from(line).unwrap_or(0)
+        };
+        let key = code as usize;
+        match s.stack.last() {
+            Some(top) if top.key == key => {}
+            // A line of a function we did not see start (tracing began inside it).
+            _ => s.enter(func, key, false),
+        }
+        s.on_line(func, line);
+    });
+    ffi::Py_NewRef(ffi::Py_None())
+}
+
+static MON_LINE_DEF: GilCell<ffi::PyMethodDef> = GilCell(UnsafeCell::new(ffi::PyMethodDef {
+    ml_name: c"_mon_line".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFast: mon_line,
+    },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"_mon_line($module, code, line_number, /)\n--\n\nsys.monitoring LINE callback."
+        .as_ptr(),
+}));
+
+/// `_mon_line` as a builtin function of module `m` (bound to it, as CPython binds module
+/// functions, so that `inspect` reads the signature without `$module`).
+fn mon_line_function<'py>(m: &Bound<'py, PyModule>) -> PyResult<Bound<'py, PyAny>> {
+    let name = m.name()?;
+    // SAFETY: GIL held; the method definition is static, so it outlives the function object.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            m.py(),
+            ffi::PyCFunction_NewEx(MON_LINE_DEF.0.get(), m.as_ptr(), name.as_ptr()),
+        )
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset))]
+fn _mon_start(py: Python<'_>, code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) -> Py<PyAny> {
+    let mut answer = py.None();
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, func)) = unsafe { monitoring_session(code.as_ptr()) } {
+            s.enter(func, code.as_ptr() as usize, true);
+            return;
+        }
+        // PY_START is global only with `include`: a code object seen for the first time.
+        // SAFETY: GIL held.
+        let Some(s) = (unsafe { session() }) else {
+            return;
+        };
+        if s.backend != Backend::Monitoring || s.include.is_empty() {
+            return;
+        }
+        let same_thread = unsafe { ffi::PyThreadState_Get() } == s.thread;
+        match s.discover(py, code.as_ptr()) {
+            Some(func) => {
+                let enabled = match (&s.mon_set_local, s.tool_id) {
+                    (Some(set_local), Some(id)) => {
+                        set_local.call1(py, (id, code, LOCAL_EVENTS)).is_ok()
+                    }
+                    _ => false,
+                };
+                if !enabled {
+                    s.error
+                        .get_or_insert("could not enable line events on an included function");
+                } else if same_thread {
+                    s.enter(func, code.as_ptr() as usize, true);
+                }
+            }
+            // Not ours: never report this code's starts to us again (until `restart_events`).
+            None => {
+                if let Some(disable) = &s.mon_disable {
+                    answer = disable.clone_ref(py);
+                }
+            }
+        }
+    });
+    answer
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset))]
+fn _mon_resume(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, func)) = unsafe { monitoring_session(code.as_ptr()) } {
+            s.enter(func, code.as_ptr() as usize, false);
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset, _value))]
+fn _mon_return(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, _)) = unsafe { monitoring_session(code.as_ptr()) } {
+            s.leave(code.as_ptr() as usize, false);
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, _offset, _value))]
+fn _mon_yield(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) {
+    guarded(|| {
+        // SAFETY: GIL held.
+        if let Some((s, _)) = unsafe { monitoring_session(code.as_ptr()) } {
+            s.leave(code.as_ptr() as usize, true);
+        }
+    })
+}
+
+pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    let mut tool = None;
+    for id in TOOL_IDS {
+        if mon.call_method1("get_tool", (id,))?.is_none() {
+            mon.call_method1("use_tool_id", (id, TOOL_NAME))?;
+            tool = Some(id);
+            break;
+        }
+    }
+    let Some(id) = tool else {
+        let mut held = Vec::new();
+        for id in TOOL_IDS {
+            let name = mon.call_method1("get_tool", (id,))?;
+            held.push(format!("{id} by {}", name.repr()?));
+        }
+        return Err(PyRuntimeError::new_err(format!(
+            "memline: no free sys.monitoring tool id: memline takes 2, 3 or 4 and never one in \
+             use, and they are held ({}); free one, or trace with --memline-backend=settrace",
+            held.join(", ")
+        )));
+    };
+    s.tool_id = Some(id);
+    // SAFETY: GIL held.
+    s.thread = unsafe { ffi::PyThreadState_Get() };
+    let m = py.import("pytest_memline._memline")?;
+    let register = |event: u32, name: &str| -> PyResult<()> {
+        mon.call_method1("register_callback", (id, event, m.getattr(name)?))?;
+        Ok(())
+    };
+    register(EV_LINE, "_mon_line")?;
+    register(EV_PY_START, "_mon_start")?;
+    register(EV_PY_RESUME, "_mon_resume")?;
+    register(EV_PY_RETURN, "_mon_return")?;
+    register(EV_PY_YIELD, "_mon_yield")?;
+    register(EV_PY_UNWIND, "_mon_return")?;
+    // PY_UNWIND cannot be enabled per code object: it is global, and cheap (exceptions only).
+    // With `include`, PY_START is global too: included functions are found as they start, and
+    // every other code object is disabled at its first start.
+    let global = if s.include.is_empty() {
+        EV_PY_UNWIND
+    } else {
+        s.mon_set_local = Some(mon.getattr("set_local_events")?.unbind());
+        s.mon_disable = Some(mon.getattr("DISABLE")?.unbind());
+        EV_PY_UNWIND | EV_PY_START
+    };
+    mon.call_method1("set_events", (id, global))?;
+    for code in &s.codes {
+        mon.call_method1("set_local_events", (id, code.bind(py), LOCAL_EVENTS))?;
+    }
+    Ok(())
+}
+
+pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let Some(id) = s.tool_id.take() else {
+        return Ok(());
+    };
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    // Do not touch a tool id that someone else has taken over meanwhile.
+    let owner = mon.call_method1("get_tool", (id,))?;
+    if owner.is_none() || owner.extract::<String>().ok().as_deref() != Some(TOOL_NAME) {
+        return Ok(());
+    }
+    for code in &s.codes {
+        mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+    }
+    mon.call_method1("set_events", (id, 0))?;
+    for event in [
+        EV_LINE,
+        EV_PY_START,
+        EV_PY_RESUME,
+        EV_PY_RETURN,
+        EV_PY_YIELD,
+        EV_PY_UNWIND,
+    ] {
+        mon.call_method1("register_callback", (id, event, py.None()))?;
+    }
+    mon.call_method1("free_tool_id", (id,))?;
+    if s.mon_disable.is_some() {
+        // `include` disabled PY_START on every other code object for our id: re-enable, so that
+        // whoever takes the id next starts clean (this re-enables other tools' too, which they
+        // tolerate: events they had disabled come once more).
+        mon.call_method0("restart_events")?;
+    }
+    Ok(())
+}
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("_mon_line", mon_line_function(m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_resume, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_return, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_yield, m)?)?;
+    Ok(())
+}
