@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pytest_memline._settings import Limit, TestLimits
-from pytest_memline.table import MemoryTable, mib
-
-
-def _size(n: int) -> str:
-    from pytest_memline import _memline
-
-    return _memline.format_size(n)
+from pytest_memline._units import format_size as _size
+from pytest_memline._units import mib
+from pytest_memline.table import MemoryTable
 
 
 @dataclass(frozen=True)

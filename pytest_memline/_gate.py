@@ -21,7 +21,8 @@ import pytest
 
 from pytest_memline._preflight import count
 from pytest_memline._settings import Settings, TestLimits, display
-from pytest_memline.table import MemoryTable, mib, signed_mib
+from pytest_memline._units import format_size, mib, signed_mib
+from pytest_memline.table import MemoryTable, render_row
 
 #: Statuses a traced test can have against a baseline. "unconfirmed": it looked regressed, but
 #: the regression did not reproduce when the test was measured again; "accepted": it regressed
@@ -167,13 +168,11 @@ def change_message(group: Mapping[str, Any], limits: TestLimits) -> str:
 def allowance(group: Mapping[str, Any], limits: TestLimits) -> str:
     """What the baseline allowed the (first) grown value to reach, and what set the margin:
     the noise floor, the spread of the saved runs, or the relative tolerance."""
-    from pytest_memline import _memline
-
     bands = group.get("bands") or []
     if not bands:  # a change recorded before bands existed (an old JSON report)
         return (
             f"over the tolerance of {limits.tolerance} ({limits.tolerance.source}) and the "
-            f"noise floor of {_memline.format_size(limits.noise_floor.value)} "
+            f"noise floor of {format_size(limits.noise_floor.value)} "
             f"({limits.noise_floor.source})"
         )
     lo, hi, n, allowed = bands[0]
@@ -186,7 +185,7 @@ def allowance(group: Mapping[str, Any], limits: TestLimits) -> str:
     elif relative > floor and margin <= relative + 1:
         why = f"the tolerance of {limits.tolerance} ({limits.tolerance.source})"
     else:
-        why = f"the noise floor of {_memline.format_size(floor)} ({limits.noise_floor.source})"
+        why = f"the noise floor of {format_size(floor)} ({limits.noise_floor.source})"
     return f"over the {mib(allowed)} allowed ({runs} + {why})"
 
 
@@ -302,7 +301,10 @@ class Gate:
             status=status,
             old_peak_growth=answer["old_peak_growth"],
             changes=tuple(answer["changes"]),
-            diff=tuple(answer["diff"]),
+            diff=tuple(
+                (tag, "@@ ... @@" if row is None else render_row(row, regressed), regressed)
+                for tag, row, regressed in answer["diff"]
+            ),
             samples=int(answer["samples"]),
         )
 

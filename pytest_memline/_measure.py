@@ -291,10 +291,7 @@ class Measurer:
         checked = table
         if not table.has_source and own is not None and limits.line is not None:
             # no source to show, but the lines were measured: the line budget still holds
-            from pytest_memline.table import LineRow
-
-            rows = (LineRow(ln, "", mem, inc, pk, occ) for ln, inc, pk, mem, occ in own.lines)
-            checked = dataclasses.replace(table, rows=tuple(rows))
+            checked = dataclasses.replace(table, rows=tuple(own.lines))
         violations = check(checked, limits)
         comparison = self.gate.compare(item.nodeid, table, limits)
         marks = {v.lineno for v in violations if v.lineno is not None}
@@ -308,7 +305,7 @@ class Measurer:
                     lines=f.lines,
                     start_rss=trace.start_rss,
                     end_rss=trace.end_rss,
-                    peak_growth=max((pk for _, _, pk, _, _ in f.lines), default=0),
+                    peak_growth=max((r.peak or 0 for r in f.lines), default=0),
                     exact_peak=trace.exact_peak,
                     metric=trace.metric,
                 ),

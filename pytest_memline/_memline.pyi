@@ -6,6 +6,7 @@ from typing import Any, Literal, TypedDict, final, type_check_only
 __all__ = [
     "__version__",
     "TraceHandle",
+    "LineRow",
     "FunctionTrace",
     "TraceResult",
     "start",
@@ -21,12 +22,10 @@ __all__ = [
     "probe_reader",
     "parse_size",
     "parse_percent",
-    "format_size",
     "parse_pyproject",
     "SIZE_FORMS",
     "Baseline",
     "save_baseline",
-    "render_row",
     "trim_malloc",
     "pin_malloc",
     "_bench_floor",
@@ -50,8 +49,41 @@ class FunctionTrace:
     @property
     def code(self) -> CodeType: ...
     @property
-    def lines(self) -> list[tuple[int, int, int, int, int]]:
-        """``(lineno, increment, peak, mem_usage, occurrences)`` per line that ran."""
+    def lines(self) -> list[LineRow]:
+        """A row per line that ran, without its contents (they come from the source)."""
+
+@final
+class LineRow:
+    """One source line of a memory table. The numbers are ``None`` for lines that did not run;
+    sizes are bytes."""
+
+    def __new__(
+        cls,
+        lineno: int,
+        contents: str,
+        mem_usage: int | None = None,
+        increment: int | None = None,
+        peak: int | None = None,
+        occurrences: int = 0,
+    ) -> LineRow: ...
+    @property
+    def lineno(self) -> int: ...
+    @property
+    def contents(self) -> str: ...
+    @property
+    def mem_usage(self) -> int | None: ...
+    @property
+    def increment(self) -> int | None: ...
+    @property
+    def peak(self) -> int | None: ...
+    @property
+    def occurrences(self) -> int: ...
+    @property
+    def ran(self) -> bool: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    @staticmethod
+    def from_dict(d: Any) -> LineRow: ...
+    def __eq__(self, value: object, /) -> bool: ...
 
 @final
 class TraceResult:
@@ -110,7 +142,6 @@ def trim_malloc() -> bool: ...
 def pin_malloc(bytes: int) -> bool: ...
 def parse_size(value: str | int) -> int: ...
 def parse_percent(value: str) -> float: ...
-def format_size(bytes: int) -> str: ...
 def parse_pyproject(
     text: str,
     file: str,
@@ -141,7 +172,7 @@ class ComparisonDict(TypedDict):
     old_peak_growth: int
     samples: int
     changes: list[Change]
-    diff: list[tuple[str, str, bool]]
+    diff: list[tuple[str, LineRow | None, bool]]
 
 @type_check_only
 class SaveReport(TypedDict):
@@ -192,14 +223,6 @@ def save_baseline(
     keep: int = ...,
     prune: list[str] = ...,
 ) -> SaveReport: ...
-def render_row(
-    line: int,
-    contents: str,
-    increment: int | None,
-    peak: int | None,
-    occurrences: int,
-    mem_usage: int | None,
-) -> str: ...
 
 @type_check_only
 class _BenchFloor(TypedDict):

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 from pytest_memline._gate import describe_group
 from pytest_memline._preflight import count
-from pytest_memline.table import mib, signed_mib
+from pytest_memline._units import mib, signed_mib
 
 JSON_FORMAT = "pytest-memline-report"
 JSON_VERSION = 1

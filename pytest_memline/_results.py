@@ -122,7 +122,7 @@ class RunResults:
         """The terminal summary."""
         from pytest_memline._gate import describe_group
         from pytest_memline._preflight import count, display
-        from pytest_memline.table import mib, signed_mib
+        from pytest_memline._units import mib, signed_mib
 
         s = self.settings
         if self.tables:

@@ -127,6 +127,7 @@ class MemlinePlugin:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from pytest_memline._measure import MALLOC_THRESHOLD
+        from pytest_memline._units import format_size
 
         s = self.settings
         probe = self.probe
@@ -140,9 +141,9 @@ class MemlinePlugin:
             lines = [f"memline: on (backend {backend}, RSS via {probe['reader']}, {peak})"]
         limits = []
         if s.test_limit:
-            limits.append(f"test {self.native.format_size(s.test_limit.value)}")
+            limits.append(f"test {format_size(s.test_limit.value)}")
         if s.line_limit:
-            limits.append(f"line {self.native.format_size(s.line_limit.value)}")
+            limits.append(f"line {format_size(s.line_limit.value)}")
         if s.rules:
             limits.append(f"{len(s.rules)} [[tool.memline.limits]] rules")
         where = f" from {s.config_file}" if s.config_file and limits else ""
@@ -172,7 +173,7 @@ class MemlinePlugin:
             lines.append(
                 f"memline: comparing with {_preflight.display(s.compare)} "
                 f"({self.gate.describe()}; noise floor "
-                f"{self.native.format_size(s.noise_floor.value)} from {s.noise_floor.source}, "
+                f"{format_size(s.noise_floor.value)} from {s.noise_floor.source}, "
                 f"tolerance {s.tolerance} from {s.tolerance.source}; {confirm})"
             )
         if s.save is not None:

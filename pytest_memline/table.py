@@ -16,59 +16,28 @@ from typing import Any
 
 __all__ = ["LineRow", "MemoryTable", "source_of"]
 
-MIB = 1024 * 1024
+from pytest_memline._memline import LineRow
+from pytest_memline._units import MIB, mib, signed_mib  # noqa: F401  (re-exported)
+
 _TEMPLATE = "{0:>6} {1:>12} {2:>12} {3:>12}  {4:>11}   {5}"
 HEADER = _TEMPLATE.format("Line #", "Mem usage", "Increment", "Peak", "Occurrences", "Line Contents")
+#: Contents longer than this are cut when rendered (the data keeps them whole).
+MAX_CONTENTS = 200
 
 
-def mib(value: int) -> str:
-    """Bytes as memory_profiler shows them: ``152.6 MiB``."""
-    return f"{value / MIB:.1f} MiB"
-
-
-def signed_mib(value: int) -> str:
-    return f"{value / MIB:+.1f} MiB"
-
-
-@dataclass(frozen=True)
-class LineRow:
-    """One source line. The numbers are ``None`` for lines that did not run."""
-
-    lineno: int
-    contents: str
-    mem_usage: int | None = None
-    increment: int | None = None
-    peak: int | None = None
-    occurrences: int = 0
-
-    @property
-    def ran(self) -> bool:
-        return self.occurrences > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "line": self.lineno,
-            "contents": self.contents,
-            "increment": self.increment,
-            "peak": self.peak,
-            "occurrences": self.occurrences,
-            "mem_usage": self.mem_usage,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LineRow:
-        return cls(
-            lineno=int(d["line"]),
-            contents=str(d["contents"]),
-            mem_usage=_opt_int(d.get("mem_usage")),
-            increment=_opt_int(d.get("increment")),
-            peak=_opt_int(d.get("peak")),
-            occurrences=int(d.get("occurrences") or 0),
-        )
-
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
+def render_row(row: LineRow, marked: bool = False) -> str:
+    """One row as tables and diffs show it (memory_profiler's layout plus Peak). Tabs become
+    four spaces; contents longer than ``MAX_CONTENTS`` characters are cut with an ellipsis;
+    ``marked`` (over a budget, regressed): the row starts with ``>``."""
+    contents = row.contents.replace("\t", "    ")
+    if len(contents) > MAX_CONTENTS:
+        contents = contents[: MAX_CONTENTS - 1] + "\u2026"
+    if row.ran:
+        numbers = (mib(row.mem_usage or 0), mib(row.increment or 0), mib(row.peak or 0), str(row.occurrences))
+    else:
+        numbers = ("", "", "", "")
+    text = _TEMPLATE.format(row.lineno, *numbers, contents).rstrip()
+    return ">" + text[1:] if marked else text
 
 
 @dataclass(frozen=True)
@@ -140,13 +109,7 @@ class MemoryTable:
             return "\n".join(out).rstrip("\n")
         out.append(HEADER)
         out.append("=" * len(HEADER))
-        from pytest_memline._memline import render_row
-
-        for r in self.rows:
-            line = render_row(r.lineno, r.contents, r.increment, r.peak, r.occurrences, r.mem_usage)
-            if r.lineno in self.marked:
-                line = ">" + line[1:]
-            out.append(line)
+        out.extend(render_row(r, r.lineno in self.marked) for r in self.rows)
         return "\n".join(out)
 
     def metric_label(self) -> str:
@@ -234,7 +197,7 @@ def build_table(
     *,
     title: str,
     code: types.CodeType | None,
-    lines: Sequence[tuple[int, int, int, int, int]],
+    lines: Sequence[LineRow],
     start_rss: int,
     end_rss: int,
     peak_growth: int,
@@ -245,10 +208,10 @@ def build_table(
     module_globals: dict[str, Any] | None = None,
     location: tuple[str, str] | None = None,
     doctest: Any = None,
-    examples: Mapping[int, Sequence[Measured]] | None = None,
+    examples: Mapping[int, Sequence[LineRow]] | None = None,
 ) -> MemoryTable:
-    """A table from a native trace: ``lines`` are ``(lineno, increment, peak, mem_usage,
-    occurrences)`` for the lines that ran. ``location``: ``(what, filename)`` to name in the
+    """A table from a native trace: ``lines`` are the rows the tracer measured (the lines that
+    ran, without their contents, which come from the source). ``location``: ``(what, filename)`` to name in the
     header when there is no code object; ``doctest`` (a ``doctest.DocTest``) and ``examples``
     (see ``doctest_rows``): the rows of a doctest, which has none."""
     all_notes = list(notes)
@@ -256,8 +219,11 @@ def build_table(
     if metric == "heap":
         # tracemalloc counts from when the trace started: show the heap relative to the start
         # of the test's body, which is the same on every run (the set-up before it is not)
-        def relative(measured: Sequence[Measured]) -> list[Measured]:
-            return [(ln, inc, pk, mem - start_rss, occ) for ln, inc, pk, mem, occ in measured]
+        def relative(measured: Sequence[LineRow]) -> list[LineRow]:
+            return [
+                LineRow(r.lineno, r.contents, (r.mem_usage or 0) - start_rss, r.increment, r.peak, r.occurrences)
+                for r in measured
+            ]
 
         lines = relative(lines)
         examples = {i: relative(m) for i, m in (examples or {}).items()}
@@ -276,7 +242,7 @@ def build_table(
         if why is not None:
             all_notes.append(why)
         else:
-            measured = {ln: (inc, pk, mem, occ) for ln, inc, pk, mem, occ in lines}
+            measured = {r.lineno: r for r in lines}
             first = code.co_firstlineno
             for i, text in enumerate(source):
                 lineno = first + i
@@ -284,8 +250,7 @@ def build_table(
                 if m is None:
                     rows.append(LineRow(lineno, text))
                 else:
-                    inc, pk, mem, occ = m
-                    rows.append(LineRow(lineno, text, mem, inc, pk, occ))
+                    rows.append(LineRow(lineno, text, m.mem_usage, m.increment, m.peak, m.occurrences))
     return MemoryTable(
         title=title,
         function=function,
@@ -300,12 +265,8 @@ def build_table(
     )
 
 
-#: A line measured by the native tracer: ``(lineno, increment, peak, mem_usage, occurrences)``.
-Measured = tuple[int, int, int, int, int]
-
-
 def doctest_rows(
-    dtest: Any, examples: Mapping[int, Sequence[Measured]]
+    dtest: Any, examples: Mapping[int, Sequence[LineRow]]
 ) -> tuple[list[LineRow], str | None]:
     """The rows of a doctest (a ``doctest.DocTest``): its source from the first example to the
     end of the last one's expected output, each example's numbers on its ``>>>`` line, or
@@ -333,8 +294,8 @@ def doctest_rows(
         if not measured:
             rows.append(LineRow(at + 1, text))
             continue
-        increment = sum(m[1] for m in measured)
-        peak = max(m[2] for m in measured)
-        mem_usage = max(measured)[3]  # the example's last line
+        increment = sum(m.increment or 0 for m in measured)
+        peak = max(m.peak or 0 for m in measured)
+        mem_usage = max(measured, key=lambda m: m.lineno).mem_usage  # the example's last line
         rows.append(LineRow(at + 1, text, mem_usage, increment, peak, 1))
     return rows, None

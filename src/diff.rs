@@ -1,63 +1,11 @@
 //! Comparing two memory tables: rows aligned by their contents (not their line numbers), a
-//! tolerant regression check, and a unified diff of the rendered rows.
+//! tolerant regression check, and a unified diff of the rows (rendered by the table's renderer,
+//! `pytest_memline/table.py`).
 
 use serde::{Deserialize, Serialize};
 use similar::{capture_diff_slices, Algorithm, DiffOp};
 
-const MIB: f64 = 1024.0 * 1024.0;
-/// Contents longer than this are cut when rendered (the data keeps them whole).
-pub const MAX_CONTENTS: usize = 200;
-
-/// One row of a memory table. The numbers are `None` for lines that did not run.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Row {
-    pub line: u32,
-    pub contents: String,
-    pub increment: Option<i64>,
-    pub peak: Option<i64>,
-    #[serde(default)]
-    pub occurrences: u64,
-    pub mem_usage: Option<i64>,
-}
-
-impl Row {
-    pub fn ran(&self) -> bool {
-        self.occurrences > 0
-    }
-
-    pub fn key(&self) -> &str {
-        self.contents.trim()
-    }
-
-    /// The row as the table shows it (memory_profiler's layout plus Peak). Tabs become four
-    /// spaces; contents longer than `MAX_CONTENTS` characters are cut with an ellipsis.
-    pub fn render(&self) -> String {
-        let mut contents = self.contents.replace('\t', "    ");
-        if contents.chars().count() > MAX_CONTENTS {
-            contents = contents.chars().take(MAX_CONTENTS - 1).collect::<String>() + "…";
-        }
-        let (mem, inc, peak, occ) = if self.ran() {
-            (
-                mib(self.mem_usage.unwrap_or(0)),
-                mib(self.increment.unwrap_or(0)),
-                mib(self.peak.unwrap_or(0)),
-                self.occurrences.to_string(),
-            )
-        } else {
-            Default::default()
-        };
-        let text = format!(
-            "{:>6} {mem:>12} {inc:>12} {peak:>12}  {occ:>11}   {contents}",
-            self.line
-        );
-        text.trim_end().to_string()
-    }
-}
-
-fn mib(bytes: i64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB)
-}
+pub use crate::row::Row;
 
 /// What a baseline knows about one value (a row's Increment or Peak, a test's peak growth):
 /// the lowest and highest of its samples, one per saved run.
@@ -342,11 +290,12 @@ pub fn regressed_lines(old: &[HistRow], new: &[Row], pairs: &[Pair], t: Threshol
     changes
 }
 
-/// One line of a rendered diff: `tag` is ' ', '-', '+' or '@' (a hunk header).
+/// One line of a diff: `tag` is ' ', '-', '+' or '@' (a hunk header, which has no row).
+/// `regressed`: a `+` row the gate counts as regressed (shown marked `>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiffLine {
     pub tag: char,
-    pub text: String,
+    pub row: Option<Row>,
     pub regressed: bool,
 }
 
@@ -363,30 +312,20 @@ pub fn unified(
     t: Thresholds,
     context: usize,
 ) -> Vec<DiffLine> {
-    let mark = |text: String, line: u32| -> (String, bool) {
-        if regressed.contains(&line) {
-            (format!(">{}", &text[1.min(text.len())..]), true)
-        } else {
-            (text, false)
-        }
-    };
-    // the full diff first: (tag, text, regressed, is a change)
-    let mut full: Vec<(char, String, bool, bool)> = Vec::new();
+    let marked = |row: &Row| regressed.contains(&row.line);
+    // the full diff first: (tag, row, regressed, is a change)
+    let mut full: Vec<(char, Row, bool, bool)> = Vec::new();
     for pair in pairs {
         match *pair {
             Pair::Same(o, n) if old[o].unchanged(&new[n], t) => {
-                full.push((' ', new[n].render(), false, false));
+                full.push((' ', new[n].clone(), false, false));
             }
             Pair::Same(o, n) | Pair::Edited(o, n) => {
-                full.push(('-', old[o].envelope().render(), false, true));
-                let (text, r) = mark(new[n].render(), new[n].line);
-                full.push(('+', text, r, true));
+                full.push(('-', old[o].envelope(), false, true));
+                full.push(('+', new[n].clone(), marked(&new[n]), true));
             }
-            Pair::Removed(o) => full.push(('-', old[o].envelope().render(), false, true)),
-            Pair::Added(n) => {
-                let (text, r) = mark(new[n].render(), new[n].line);
-                full.push(('+', text, r, true));
-            }
+            Pair::Removed(o) => full.push(('-', old[o].envelope(), false, true)),
+            Pair::Added(n) => full.push(('+', new[n].clone(), marked(&new[n]), true)),
         }
     }
     let mut keep = vec![false; full.len()];
@@ -397,7 +336,7 @@ pub fn unified(
     }
     let mut out = Vec::new();
     let mut previous_kept = true;
-    for (i, (tag, text, regressed, _)) in full.into_iter().enumerate() {
+    for (i, (tag, row, regressed, _)) in full.into_iter().enumerate() {
         if !keep[i] {
             previous_kept = false;
             continue;
@@ -405,14 +344,14 @@ pub fn unified(
         if !previous_kept || (i > 0 && out.is_empty()) {
             out.push(DiffLine {
                 tag: '@',
-                text: "@@ ... @@".into(),
+                row: None,
                 regressed: false,
             });
         }
         previous_kept = true;
         out.push(DiffLine {
             tag,
-            text,
+            row: Some(row),
             regressed,
         });
     }
@@ -557,7 +496,10 @@ mod tests {
         let changed: Vec<_> = diff.iter().filter(|d| d.tag != ' ').collect();
         assert_eq!(changed.len(), 1, "{diff:?}");
         assert_eq!(changed[0].tag, '+');
-        assert!(changed[0].text.contains("# a comment added on top"));
+        assert_eq!(
+            rows_of(&changed[0].row).contents,
+            "# a comment added on top"
+        );
     }
 
     #[test]
@@ -582,10 +524,9 @@ mod tests {
         let diff = unified(&h(&old), &new, &pairs, &[2], t(), 3);
         let tags: String = diff.iter().map(|d| d.tag).collect();
         assert_eq!(tags, " -+ ");
-        assert!(diff[2].regressed);
-        assert!(diff[2].text.starts_with('>'), "{:?}", diff[2].text);
-        assert!(diff[1].text.contains("10.0 MiB"));
-        assert!(diff[2].text.contains("30.0 MiB"));
+        assert!(diff[2].regressed && !diff[1].regressed);
+        assert_eq!(rows_of(&diff[1].row).increment, Some(10 * M));
+        assert_eq!(rows_of(&diff[2].row).increment, Some(30 * M));
     }
 
     #[test]
@@ -621,9 +562,10 @@ mod tests {
         let diff = unified(&h(&old), &new, &pairs, &[], t(), 3);
         let tags: String = diff.iter().map(|d| d.tag).collect();
         assert_eq!(tags, "   -+ ", "{diff:?}");
-        assert!(diff[3].text.contains("c = alloc(8)") && diff[4].text.contains("4.0 MiB"));
+        assert_eq!(rows_of(&diff[3].row).contents, "c = alloc(8)");
+        assert_eq!(rows_of(&diff[4].row).increment, Some(4 * M));
         // the context rows show the current numbers
-        assert!(diff[1].text.contains("4.1 MiB"), "{:?}", diff[1].text);
+        assert_eq!(rows_of(&diff[1].row).peak, Some(4 * M + 100 * 1024));
     }
 
     #[test]
@@ -663,17 +605,8 @@ mod tests {
         assert_eq!(c.changes.len(), 3);
     }
 
-    #[test]
-    fn render_matches_the_table_layout() {
-        let r = row(12, "    b = [2] * (2 * 10 ** 7)", 160_000_000, 160_000_000);
-        assert_eq!(
-            r.render(),
-            "    12    100.0 MiB    152.6 MiB    152.6 MiB            1       b = [2] * (2 * 10 ** 7)"
-        );
-        assert_eq!(
-            idle(3, "def f():").render(),
-            "     3                                                       def f():"
-        );
+    fn rows_of(row: &Option<Row>) -> &Row {
+        row.as_ref().expect("a row")
     }
 
     fn samples(line: u32, contents: &str, inc: &[i64], peak: &[i64]) -> HistRow {
@@ -752,7 +685,8 @@ mod tests {
         // the diff shows the baseline's highest samples, and the noisy row as context
         let tags: String = c.diff.iter().map(|d| d.tag).collect();
         assert_eq!(tags, " -+", "{:?}", c.diff);
-        assert!(c.diff[1].text.contains("275.0 MiB") && c.diff[2].text.starts_with('>'));
+        assert_eq!(rows_of(&c.diff[1].row).increment, Some(275 * M));
+        assert!(c.diff[2].regressed);
         // a row with no samples (it did not run in the saved runs) compares with zero
         let idle_old = vec![HistRow::from_row(&idle(1, "payload = small_objects()"))];
         assert!(!idle_old[0].ran());

@@ -10,6 +10,8 @@ mod lines;
 mod meter;
 mod pyapi;
 mod pybaseline;
+mod pyrow;
+mod row;
 mod rss;
 mod size;
 mod tracer;
@@ -20,6 +22,7 @@ fn _memline(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tracer::register(m)?;
     pyapi::register(m)?;
     pybaseline::register(m)?;
+    pyrow::register(m)?;
     bench::register(m)?;
     Ok(())
 }

@@ -41,12 +41,6 @@ fn parse_percent(value: &str) -> PyResult<f64> {
     size::parse_percent(value).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
-/// Bytes as text: "152.6 MiB", "50 MiB", "100 B".
-#[pyfunction]
-fn format_size(bytes: i64) -> String {
-    size::format_size(bytes)
-}
-
 /// A key of the schema as Python hands it over, `(name, kind, arg)`: `kind` is "bool",
 /// "size", "percent", "text", "modules", "globs", "choice" (`arg`: the choices) or "whole"
 /// (`arg`: `(low, high or None)`).
@@ -209,7 +203,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_percent, m)?)?;
-    m.add_function(wrap_pyfunction!(format_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_pyproject, m)?)?;
     m.add("SIZE_FORMS", size::SIZE_FORMS)?;
     Ok(())

@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyList};
 use serde::Deserialize;
 
 use crate::baseline::{self, Baseline, LoadError, Measured, Update};
-use crate::diff::{self, Row, Thresholds};
+use crate::diff::{self, Thresholds};
 
 fn parse_measured(json: &str) -> PyResult<Measured> {
     serde_json::from_str(json).map_err(|e| PyValueError::new_err(format!("bad table record: {e}")))
@@ -93,7 +93,7 @@ impl PyBaseline {
     /// Compares `current` (one run's entry as JSON text) with the entry of `nodeid`; None when
     /// the baseline has no entry for it. Returns `{"status", "old_peak_growth" (the highest
     /// sample), "samples", "changes": [{"line", "old_line", "contents", "what", "old", "new",
-    /// "lo", "samples", "allowed"}], "diff": [(tag, text, regressed), ...]}`.
+    /// "lo", "samples", "allowed"}], "diff": [(tag, LineRow or None, regressed), ...]}`.
     /// ValueError when the entry holds another metric than `metric`.
     #[pyo3(signature = (nodeid, current, *, tolerance, noise_floor, metric = "rss", context = 3))]
     #[allow(clippy::too_many_arguments)]
@@ -151,11 +151,14 @@ impl PyBaseline {
             changes.append(cd)?;
         }
         d.set_item("changes", changes)?;
-        let lines: Vec<(String, String, bool)> = c
-            .diff
-            .into_iter()
-            .map(|l| (l.tag.to_string(), l.text, l.regressed))
-            .collect();
+        let lines = PyList::empty(py);
+        for l in c.diff {
+            let row = match l.row {
+                Some(r) => Some(Py::new(py, r)?),
+                None => None,
+            };
+            lines.append((l.tag.to_string(), row, l.regressed))?;
+        }
         d.set_item("diff", lines)?;
         Ok(Some(d))
     }
@@ -235,32 +238,9 @@ fn save_baseline<'py>(
     Ok(d)
 }
 
-/// One table row as text, exactly as tables and diffs show it.
-#[pyfunction]
-#[pyo3(signature = (line, contents, increment, peak, occurrences, mem_usage))]
-fn render_row(
-    line: u32,
-    contents: String,
-    increment: Option<i64>,
-    peak: Option<i64>,
-    occurrences: u64,
-    mem_usage: Option<i64>,
-) -> String {
-    Row {
-        line,
-        contents,
-        increment,
-        peak,
-        occurrences,
-        mem_usage,
-    }
-    .render()
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBaseline>()?;
     m.add_function(wrap_pyfunction!(save_baseline, m)?)?;
-    m.add_function(wrap_pyfunction!(render_row, m)?)?;
     m.add("BASELINE_FORMAT", baseline::FORMAT)?;
     m.add("BASELINE_VERSION", baseline::VERSION)?;
     m.add("BASELINE_KEEP", baseline::DEFAULT_KEEP)?;

@@ -104,26 +104,6 @@ pub fn parse_percent(s: &str) -> Result<f64, ParseError> {
     Ok(x / 100.0)
 }
 
-/// Formats bytes for messages: "152.6 MiB", "50 MiB", "512 KiB", "100 B", "-1.5 GiB".
-pub fn format_size(bytes: i64) -> String {
-    let sign = if bytes < 0 { "-" } else { "" };
-    let b = bytes.unsigned_abs();
-    let (value, unit) = if b >= 1 << 40 {
-        (b as f64 / (1u64 << 40) as f64, "TiB")
-    } else if b >= 1 << 30 {
-        (b as f64 / (1u64 << 30) as f64, "GiB")
-    } else if b >= 1 << 20 {
-        (b as f64 / (1u64 << 20) as f64, "MiB")
-    } else if b >= 1 << 10 {
-        (b as f64 / 1024.0, "KiB")
-    } else {
-        return format!("{sign}{b} B");
-    };
-    let text = format!("{value:.1}");
-    let text = text.strip_suffix(".0").unwrap_or(&text);
-    format!("{sign}{text} {unit}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,30 +160,5 @@ mod tests {
         assert!(parse_percent("-1%").is_err());
         assert!(parse_percent("ten%").is_err());
         assert!(parse_percent("inf%").is_err());
-    }
-
-    #[test]
-    fn formatting() {
-        assert_eq!(format_size(50 << 20), "50 MiB");
-        assert_eq!(format_size(160_000_000), "152.6 MiB");
-        assert_eq!(format_size(-(160_000_000)), "-152.6 MiB");
-        assert_eq!(format_size(512 << 10), "512 KiB");
-        assert_eq!(format_size(100), "100 B");
-        assert_eq!(format_size(3 << 29), "1.5 GiB");
-        assert_eq!(format_size(0), "0 B");
-        assert_eq!(format_size(i64::MIN), "-8388608 TiB");
-    }
-
-    #[test]
-    fn roundtrip() {
-        for b in [0i64, 1, 1023, 1 << 20, 5 << 30, 123_456_789] {
-            let text = format_size(b);
-            let parsed = parse_size(&text).unwrap() as i64;
-            // one decimal: within 5% (plus rounding of whole bytes)
-            assert!(
-                (parsed - b).abs() <= b / 20 + 1,
-                "{b} -> {text} -> {parsed}"
-            );
-        }
     }
 }

@@ -437,7 +437,7 @@ def test_the_public_api_type_checks(pytester: pytest.Pytester) -> None:
     res.stdout.fnmatch_lines(
         [
             'use.py:17: note: Revealed type is "*bytes"',
-            'use.py:18: note: Revealed type is "*tuple[[]pytest_memline.table.LineRow, ...]"',
+            'use.py:18: note: Revealed type is "*tuple[[]pytest_memline._memline.LineRow, ...]"',
             'use.py:19: note: Revealed type is "*str"',
             'use.py:20: note: Revealed type is "*int"',
             'use.py:23: note: Revealed type is "*dict[[]*str, Any]"',

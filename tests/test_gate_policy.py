@@ -136,3 +136,24 @@ def test_the_baseline_text_is_version_2_with_one_line_per_row(tmp_path: Path) ->
     assert b.samples("t.py::t") == 2 and b.samples("nope") == 0 and b.version == 2
     with pytest.raises(ValueError, match="keep must be at least 1"):
         _memline.save_baseline(str(path), "rss", "3", "x", "{}", keep=0)
+
+
+def test_sizes_and_rows_render_in_one_place() -> None:
+    from pytest_memline._units import format_size
+    from pytest_memline.table import LineRow, render_row
+
+    assert [format_size(n) for n in (50 << 20, 160_000_000, -160_000_000, 512 << 10, 100, 3 << 29, 0)] == [
+        "50 MiB", "152.6 MiB", "-152.6 MiB", "512 KiB", "100 B", "1.5 GiB", "0 B",
+    ]
+    for b in (0, 1, 1023, 1 << 20, 5 << 30, 123_456_789):  # what is formatted parses back
+        assert abs(_memline.parse_size(format_size(b)) - b) <= b / 20 + 1
+    row = LineRow(12, "    b = [2] * (2 * 10 ** 7)", 100 * MIB, 160_000_000, 160_000_000, 1)
+    assert render_row(row) == (
+        "    12    100.0 MiB    152.6 MiB    152.6 MiB            1       b = [2] * (2 * 10 ** 7)"
+    )
+    assert render_row(row, marked=True).startswith(">   12 ")
+    assert render_row(LineRow(3, "def f():")) == "     3" + " " * 55 + "def f():"
+    assert render_row(LineRow(4, "\tx" + "y" * 300)).endswith("    x" + "y" * 194 + "\u2026")
+    # the one row type: the native LineRow, with the baseline's dict form
+    assert LineRow.from_dict(row.to_dict()) == row
+    assert row.to_dict()["line"] == 12 and row.ran and not LineRow(1, "x").ran

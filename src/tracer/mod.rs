@@ -27,6 +27,7 @@ use pyo3::types::{PyList, PyTuple};
 
 use crate::lines::Recorder;
 use crate::meter::{self, AnyMeter, Meter};
+use crate::row::Row;
 use crate::rss::ReaderKind;
 
 mod monitoring;
@@ -275,8 +276,9 @@ impl Session {
 pub struct FunctionTrace {
     /// The traced code object.
     code: Py<PyAny>,
-    /// `(lineno, increment, peak, mem_usage, occurrences)` for every line that ran, in order.
-    lines: Vec<(u32, i64, i64, u64, u64)>,
+    /// A row (without its contents: they come from the source) for every line that ran, in
+    /// order.
+    lines: Vec<Py<Row>>,
 }
 
 /// What one trace measured. Sizes are bytes.
@@ -450,8 +452,14 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
     for (record, code) in s.recorder.functions.iter().zip(&s.codes) {
         let lines = record
             .lines()
-            .map(|(n, st)| (n, st.increment, st.peak, st.mem_usage, st.occurrences))
-            .collect();
+            .map(|(n, st)| {
+                let mem = i64::try_from(st.mem_usage).unwrap_or(i64::MAX);
+                Py::new(
+                    py,
+                    Row::measured(n, st.increment, st.peak, mem, st.occurrences),
+                )
+            })
+            .collect::<PyResult<_>>()?;
         functions.push(Py::new(
             py,
             FunctionTrace {
