@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pytest_memline._metrics import metric
 from pytest_memline._settings import Limit, TestLimits
 from pytest_memline._units import format_size as _size
 from pytest_memline._units import mib
@@ -25,7 +26,7 @@ class Violation:
 
     def message(self, table: MemoryTable | None = None) -> str:
         limit = f"{_size(self.limit.value)} ({self.limit.source})"
-        what = "the Python heap" if table is not None and table.metric == "heap" else "RSS"
+        what = metric(table.metric).noun if table is not None else "RSS"
         if self.lineno is None:
             noun = "heap" if what != "RSS" else "RSS"
             return (

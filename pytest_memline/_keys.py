@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from pytest_memline._metrics import METRICS as _METRICS
+
 TABLES_CHOICES = ("failed", "all", "none")
-METRICS = ("rss", "heap")
+METRICS = tuple(_METRICS)
 BACKENDS = ("auto", "settrace", "monitoring")
 READERS = ("auto", "procfs", "portable")
 MALLOC_CHOICES = ("fixed", "native")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_memline._metrics import metric as _metric
 from pytest_memline._items import (
     calls_pyfunc_call,
     doctest_of,
@@ -182,12 +183,13 @@ class Measurer:
         """Before a test: collects garbage and returns malloc's free memory to the kernel."""
         import gc
 
-        if metric == "heap" or self._full_collections:
+        deterministic = _metric(metric).deterministic
+        if deterministic or self._full_collections:
             # cyclic garbage left by earlier tests is freed now, not inside one of this test's
             # lines (and with the heap metric, the same collector schedule on every run)
             began = time.perf_counter()
             gc.collect()
-            if metric != "heap" and time.perf_counter() - began > FULL_COLLECTION_BUDGET:
+            if not deterministic and time.perf_counter() - began > FULL_COLLECTION_BUDGET:
                 self._full_collections = False
         else:
             # a large heap: the young generations only (where the garbage of the test before
@@ -203,7 +205,9 @@ class Measurer:
         from pytest_memline import _fork
 
         # the heap metric repeats exactly: a regression there needs no second look
-        return self.settings.confirm > 0 and run.metric != "heap" and _fork.available()
+        return (
+            self.settings.confirm > 0 and not _metric(run.metric).deterministic and _fork.available()
+        )
 
     def call_again(self, item: pytest.Item) -> None:
         """Runs the test's body once more, as pytest ran it (this plugin stands aside)."""

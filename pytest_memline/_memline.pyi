@@ -32,6 +32,7 @@ __all__ = [
     "BASELINE_FORMAT",
     "BASELINE_VERSION",
     "BASELINE_KEEP",
+    "METRICS",
 ]
 
 __version__: str
@@ -39,6 +40,7 @@ SIZE_FORMS: str
 BASELINE_FORMAT: str
 BASELINE_VERSION: int
 BASELINE_KEEP: int
+METRICS: list[str]
 
 @final
 class TraceHandle:

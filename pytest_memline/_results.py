@@ -121,6 +121,7 @@ class RunResults:
     def write_terminal(self, tr: Any, isolated: bool) -> None:
         """The terminal summary."""
         from pytest_memline._gate import describe_group
+        from pytest_memline._metrics import metric
         from pytest_memline._preflight import count, display
         from pytest_memline._units import mib, signed_mib
 
@@ -153,7 +154,7 @@ class RunResults:
                     f"  {comparison.status}: {nodeid}  {describe_group(group)}"
                     + (f" ({why})" if why else "")
                 )
-            if (summary["regressed"] or summary["unconfirmed"]) and not isolated and s.metric == "rss":
+            if (summary["regressed"] or summary["unconfirmed"]) and not isolated and metric(s.metric).order_dependent:
                 tr.write_line(
                     "memline: note: measured in place, a test's RSS depends on the tests that ran "
                     "before it; --memline-isolate=fork measures every body from the same state "

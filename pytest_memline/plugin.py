@@ -127,6 +127,7 @@ class MemlinePlugin:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from pytest_memline._measure import MALLOC_THRESHOLD
+        from pytest_memline._metrics import metric
         from pytest_memline._units import format_size
 
         s = self.settings
@@ -135,10 +136,8 @@ class MemlinePlugin:
         if backend == "auto":
             backend = "monitoring" if _python_at_least(3, 12) else "settrace"
         peak = "exact in-line peak" if probe["exact_peak"] else f"no exact peak: {probe['note']}"
-        if s.metric == "heap":
-            lines = [f"memline: on (backend {backend}, metric heap: Python allocations via tracemalloc)"]
-        else:
-            lines = [f"memline: on (backend {backend}, RSS via {probe['reader']}, {peak})"]
+        described = metric(s.metric).header.format(source=probe["reader"], peak=peak)
+        lines = [f"memline: on (backend {backend}, {described})"]
         limits = []
         if s.test_limit:
             limits.append(f"test {format_size(s.test_limit.value)}")

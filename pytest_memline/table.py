@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["LineRow", "MemoryTable", "source_of"]
 
 from pytest_memline._memline import LineRow
+from pytest_memline._metrics import metric as _metric
 from pytest_memline._units import MIB, mib, signed_mib  # noqa: F401  (re-exported)
 
 _TEMPLATE = "{0:>6} {1:>12} {2:>12} {3:>12}  {4:>11}   {5}"
@@ -113,10 +114,8 @@ class MemoryTable:
         return "\n".join(out)
 
     def metric_label(self) -> str:
-        if self.metric == "heap":
-            return "Python heap (tracemalloc: allocated bytes, the same on every run)"
-        kind = "exact in-line peak" if self.exact_peak else "peak sampled at line boundaries"
-        return f"RSS of the whole process, {kind}"
+        m = _metric(self.metric)
+        return m.exact_label if self.exact_peak else m.sampled_label
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,7 +215,7 @@ def build_table(
     (see ``doctest_rows``): the rows of a doctest, which has none."""
     all_notes = list(notes)
     rows: list[LineRow] = []
-    if metric == "heap":
+    if _metric(metric).relative:
         # tracemalloc counts from when the trace started: show the heap relative to the start
         # of the test's body, which is the same on every run (the set-up before it is not)
         def relative(measured: Sequence[LineRow]) -> list[LineRow]:

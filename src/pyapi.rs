@@ -205,5 +205,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_percent, m)?)?;
     m.add_function(wrap_pyfunction!(parse_pyproject, m)?)?;
     m.add("SIZE_FORMS", size::SIZE_FORMS)?;
+    m.add("METRICS", crate::meter::METRICS.to_vec())?;
     Ok(())
 }

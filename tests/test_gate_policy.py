@@ -157,3 +157,11 @@ def test_sizes_and_rows_render_in_one_place() -> None:
     # the one row type: the native LineRow, with the baseline's dict form
     assert LineRow.from_dict(row.to_dict()) == row
     assert row.to_dict()["line"] == 12 and row.ran and not LineRow(1, "x").ran
+
+
+def test_every_metric_is_described_on_both_sides() -> None:
+    from pytest_memline import _keys
+    from pytest_memline._metrics import METRICS
+
+    assert list(METRICS) == _memline.METRICS == list(_keys.METRICS)
+    assert _keys.BY_NAME["metric"].arg == tuple(METRICS)
