@@ -141,10 +141,10 @@ KEYS: tuple[Key, ...] = (
         help="what to measure: rss (resident memory of the process, the default) or heap "
         "(Python-visible allocated bytes from tracemalloc: the same on every run)."),
     Key("baseline", "text", ".memline/baseline.json"),
-    Key("noise_floor", "size", 1024 * 1024, rule=True, marker="noise_floor",
+    Key("noise_floor", "size", 2 * 1024 * 1024, rule=True, marker="noise_floor",
         option="--memline-noise-floor", cli=(("type", _size), ("metavar", "SIZE")),
         help="growth over the baseline's highest saved run below this never counts "
-        "(default 1MiB)."),
+        "(default 2MiB)."),
     Key("tolerance", "percent", 0.0, rule=True, marker="tolerance",
         option="--memline-tolerance", cli=(("type", _percent), ("metavar", "PERCENT")),
         help="growth over the baseline's highest saved run that is tolerated, relative to it "

@@ -37,7 +37,7 @@ MARKER_DOC = (
     f"{MARKER}{_PLAIN}: "
     + "pytest-memline budgets. The test fails when its peak RSS growth exceeds `test`, or when "
     "any line's increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an "
-    "int of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('1MiB') set "
+    "int of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('2MiB') set "
     "how much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
     "measured."
 )

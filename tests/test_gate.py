@@ -91,8 +91,8 @@ def test_compare_fails_the_grown_line_and_aligns_shifted_rows(pytester: pytest.P
     result.stdout.fnmatch_lines(
         [
             "memline: line 4 (line 2 in the baseline) `a = bytearray(30 * 2**20)`: increment "
-            "10.0 MiB -> 30.0 MiB (+20.0 MiB, +200%)*against the baseline, over the 11.0 MiB "
-            "allowed (1 saved run + the noise floor of 1 MiB (default))*",
+            "10.0 MiB -> 30.0 MiB (+20.0 MiB, +200%)*against the baseline, over the 12.0 MiB "
+            "allowed (1 saved run + the noise floor of 2 MiB (default))*",
         ]
     )
     out = result.stdout.str()

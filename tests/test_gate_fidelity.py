@@ -111,7 +111,7 @@ def test_5_mib_on_a_200_mib_line_and_10_mib_peak_only_are_caught(pytester: pytes
     result.stdout.fnmatch_lines(
         [
             "*memline: line * `grid = bytearray(205 * 2**20)`: increment 200.0 MiB -> 205.0 MiB*"
-            "allowed (highest of 2 saved runs + the noise floor of 1 MiB (default))*",
+            "allowed (highest of 2 saved runs + the noise floor of 2 MiB (default))*",
             "2 regressed, 0 improved, 0 unchanged, 0 new, 0 gone",
         ]
     )

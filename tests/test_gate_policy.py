@@ -41,12 +41,14 @@ def limits(tolerance: float = 0.0, floor: int = MIB) -> TestLimits:
     [
         (change("increment", 10 * MIB, 30 * MIB), limits(),
          "over the 11.0 MiB allowed (1 saved run + the noise floor of 1 MiB (default))"),
+        (change("increment", 10 * MIB, 30 * MIB, allowed=12 * MIB), limits(floor=2 * MIB),
+         "over the 12.0 MiB allowed (1 saved run + the noise floor of 2 MiB (default))"),
         (change("increment", 5 * MIB, 9 * MIB, lo=3 * MIB, samples=5, allowed=7 * MIB), limits(),
          "over the 7.0 MiB allowed (highest of 5 saved runs + the 2.0 MiB those runs spread over)"),
         (change("increment", 100 * MIB, 130 * MIB, allowed=120 * MIB), limits(tolerance=0.2),
          "over the 120.0 MiB allowed (1 saved run + the tolerance of 20% (default))"),
     ],
-    ids=["floor", "spread", "tolerance"],
+    ids=["floor", "floor-2", "spread", "tolerance"],
 )
 def test_the_message_says_what_set_the_margin(c: dict, lim: TestLimits, expected: str) -> None:
     group = group_changes([c])[0]
