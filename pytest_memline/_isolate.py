@@ -120,7 +120,6 @@ class Isolator:
             first,
             item.stash[LIMITS_KEY],
             float(report.get("duration") or 0.0),
-            warm=False,
         )
         payload["comparison"] = again.to_dict()
         report = dict(report, memline=payload)
@@ -135,6 +134,7 @@ class Isolator:
         return report
 
     def _child(self, item: pytest.Function) -> bool:  # pragma: no cover - runs in the child
+        self.plugin.measure.map_like_parent()
         caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as log:

@@ -115,6 +115,19 @@ class Measurer:
         self.tracing: pytest.Item | None = None
         # full garbage collections before each test, until one costs too much (a large heap)
         self._full_collections = True
+        #: in a forked child: why its file-backed pages could not be mapped like the parent's
+        self.unmapped: str | None = None
+
+    def map_like_parent(self) -> None:
+        """In a forked child, before it measures: maps the file-backed pages (code, data files)
+        the parent has mapped, which fork does not copy; else the child's RSS would grow by
+        every page of code it runs for the first time."""
+        if self.native._prefault_like_parent() is None:
+            self.unmapped = (
+                "the fork could not map the parent's file-backed pages in advance (no access "
+                "to /proc/PID/pagemap, or a kernel before 5.14): code run for the first time "
+                "in it counts as growth"
+            )
 
     def traced(self, item: pytest.Item) -> Generator[None, object, object]:
         if self.tracing is not None:
@@ -229,7 +242,7 @@ class Measurer:
         if self.isolator is not None and self.isolator.in_child:
             # isolated: the parent measures it again in fresh forks, as it measured it first
             return outcome
-        comparison = self.reconfirm(item, run, outcome.comparison, outcome.limits, duration, warm=True)
+        comparison = self.reconfirm(item, run, outcome.comparison, outcome.limits, duration)
         table = outcome.table
         if comparison.status == "unconfirmed":
             table = table.with_marks(v.lineno for v in outcome.violations if v.lineno is not None)
@@ -242,24 +255,20 @@ class Measurer:
         first: Any,
         limits: TestLimits,
         duration: float,
-        *,
-        warm: bool,
     ) -> Any:
         """The comparison ``first`` after ``confirm`` more measurements of the test, in a forked
-        child (what the re-runs do stays there). ``warm``: the child is a fork of this process
-        after the test ran in it, so caches built on first use are warm; it runs the test once
-        unmeasured first, because a fork does not share the parent's page-table entries of code
-        and data files, and faulting them in again would count as growth. Not ``warm``: this
-        process has not run the body (isolate = "fork"), and the re-runs start as the first run
-        did."""
+        child (what the re-runs do stays there). In place, the child is a fork of this process
+        after the test ran in it, so caches the test builds on first use are warm there;
+        isolated, this process has not run the body, and the re-runs start as the first run
+        did. Either way the child first maps the file-backed pages this process has mapped
+        (see ``map_like_parent``)."""
         from pytest_memline import _fork
         from pytest_memline.table import MemoryTable
 
         runs = self.settings.confirm
 
         def work() -> list[dict[str, Any]]:
-            if warm:
-                self.call_again(item)
+            self.map_like_parent()
             tables = []
             for _ in range(runs):
                 failure = self.start(run)
@@ -330,6 +339,8 @@ class Measurer:
 
         code, why, module_globals = run.code, run.why, run.module_globals
         notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
+        if self.unmapped:
+            notes.append(self.unmapped)
         if threads:
             notes.append(
                 "the test started threads: RSS is per process, so their memory is in these "

@@ -29,6 +29,7 @@ __all__ = [
     "trim_malloc",
     "pin_malloc",
     "_bench_floor",
+    "_prefault_like_parent",
     "BASELINE_FORMAT",
     "BASELINE_VERSION",
     "BASELINE_KEEP",
@@ -234,6 +235,9 @@ class _BenchFloor(TypedDict):
     clear_refs: float | None
     getrusage: float | None
     note: str | None
+
+def _prefault_like_parent() -> int | None:
+    """In a forked child: maps the file-backed pages the parent has mapped; how many."""
 
 def _bench_floor(n: int = 20000, rounds: int = 5) -> _BenchFloor:
     """Private, for bench/run.py: CPU ns per statm read and per peak reset."""

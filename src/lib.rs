@@ -8,6 +8,7 @@ mod config;
 mod diff;
 mod lines;
 mod meter;
+mod prefault;
 mod pyapi;
 mod pybaseline;
 mod pyrow;

@@ -197,7 +197,16 @@ fn trim_malloc() -> bool {
     }
 }
 
+/// In a forked child: maps the file-backed pages the parent has mapped (see `prefault.rs`), so
+/// that the child's RSS starts where the parent's was and its code does not fault in again.
+/// How many pages, or None when that cannot be done here.
+#[pyfunction]
+fn _prefault_like_parent() -> Option<u64> {
+    crate::prefault::like_parent()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_prefault_like_parent, m)?)?;
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
     m.add_function(wrap_pyfunction!(trim_malloc, m)?)?;
     m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;
