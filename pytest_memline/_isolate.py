@@ -134,7 +134,7 @@ class Isolator:
         return report
 
     def _child(self, item: pytest.Function) -> bool:  # pragma: no cover - runs in the child
-        self.plugin.measure.map_like_parent()
+        self.plugin.measure.start_child()
         caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as log:
