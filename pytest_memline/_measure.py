@@ -5,6 +5,7 @@ hooks; what it finds travels on the item (``OUTCOME_KEY``) to the report."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import types
 from collections.abc import Generator
@@ -35,9 +36,12 @@ SECTION_TABLE = "memline: memory table"
 SECTION_DIFF = "memline: diff against the baseline"
 #: glibc's mmap and trim thresholds with `malloc = "fixed"`: its defaults, kept from rising.
 MALLOC_THRESHOLD = 128 * 1024
-#: A full garbage collection before each test while one takes less than this (seconds); on a
-#: larger heap, the young generations only.
-FULL_COLLECTION_BUDGET = 0.002
+#: A full garbage collection before each test until the heap holds this many of Python's
+#: allocated blocks (``sys.getallocatedblocks()``: pytest alone about 120,000, with pandas
+#: loaded 300,000, where a full collection took 4 and 16 ms on a busy machine); from then on,
+#: the young generations only. A count, not a timing: the same tests get the same collections
+#: on a busy machine as on an idle one.
+FULL_COLLECTION_BLOCKS = 150_000
 #: Seconds a forked re-measurement may take beyond 4x the test's own time per run.
 CONFIRM_TIMEOUT = 30.0
 
@@ -113,7 +117,8 @@ class Measurer:
         self.isolator: Any = None
         #: the item being traced (a nested pytest_pyfunc_call is left alone)
         self.tracing: pytest.Item | None = None
-        # full garbage collections before each test, until one costs too much (a large heap)
+        # full garbage collections before each test, until the heap is large (see
+        # FULL_COLLECTION_BLOCKS)
         self._full_collections = True
         #: in a forked child: why its file-backed pages could not be mapped like the parent's
         self.unmapped: str | None = None
@@ -208,9 +213,8 @@ class Measurer:
         if deterministic or self._full_collections:
             # cyclic garbage left by earlier tests is freed now, not inside one of this test's
             # lines (and with the heap metric, the same collector schedule on every run)
-            began = time.perf_counter()
             gc.collect()
-            if not deterministic and time.perf_counter() - began > FULL_COLLECTION_BUDGET:
+            if not deterministic and sys.getallocatedblocks() > FULL_COLLECTION_BLOCKS:
                 self._full_collections = False
         else:
             # a large heap: the young generations only (where the garbage of the test before

@@ -189,8 +189,45 @@ def test_a_fork_maps_the_parents_file_pages_before_it_measures() -> None:
         finally:
             os._exit(0)
     os.close(write_fd)
-    lost, mapped, after = os.read(read_fd, 100).decode().split()
+    got_lost, got_mapped, got_after = os.read(read_fd, 100).decode().split()
     os.waitpid(pid, 0)
-    assert int(lost) < before  # the child starts without them
-    assert mapped != "None" and int(mapped) > 0
-    assert abs(int(after) - before) <= before // 50 + 16, (before, lost, mapped, after)
+    assert int(got_lost) < before  # the child starts without them
+    assert got_mapped != "None" and int(got_mapped) > 0
+    assert abs(int(got_after) - before) <= before // 50 + 16, (before, got_lost, got_mapped, got_after)
+
+
+def _collections(monkeypatch: pytest.MonkeyPatch, blocks: int, metric: str, times: int) -> list[int]:
+    """The generations the collector ran for ``times`` calls of Measurer.settle."""
+    import gc
+    import types
+
+    from pytest_memline import _measure
+
+    monkeypatch.setattr(_measure, "FULL_COLLECTION_BLOCKS", blocks)
+    seen: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    state = types.SimpleNamespace(_full_collections=True, malloc_fixed=False)
+    gc.callbacks.append(note)
+    try:
+        for _ in range(times):
+            _measure.Measurer.settle(state, metric)  # type: ignore[arg-type]
+    finally:
+        gc.callbacks.remove(note)
+    return seen
+
+
+def test_full_collections_stop_when_the_heap_is_large_and_never_by_timing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    # a small heap (the threshold above what this process holds): full collections every time
+    assert _collections(monkeypatch, sys.getallocatedblocks() * 10, "rss", 3) == [2, 2, 2]
+    # a large one: one full collection, then the young generations only, for good
+    assert _collections(monkeypatch, 1, "rss", 3) == [2, 1, 1]
+    # the heap metric always collects fully: the same collector schedule on every run
+    assert _collections(monkeypatch, 1, "heap", 3) == [2, 2, 2]
