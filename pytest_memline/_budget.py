@@ -26,11 +26,11 @@ class Violation:
 
     def message(self, table: MemoryTable | None = None) -> str:
         limit = f"{_size(self.limit.value)} ({self.limit.source})"
-        what = metric(table.metric).noun if table is not None else "RSS"
+        desc = metric(table.metric if table is not None else "rss")
+        what = desc.noun
         if self.lineno is None:
-            noun = "heap" if what != "RSS" else "RSS"
             return (
-                f"memline: test peak {noun} growth of {mib(self.value)} is over the test limit "
+                f"memline: test peak {desc.short} growth of {mib(self.value)} is over the test limit "
                 f"of {limit}"
             )
         where = f"line {self.lineno}"

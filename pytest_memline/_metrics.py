@@ -12,6 +12,8 @@ class Metric:
     name: str
     #: what the budget messages call it ("grew RSS by", "the Python heap")
     noun: str
+    #: the short name in "test peak RSS growth", "test peak heap growth"
+    short: str
     #: the table's header, given whether the in-line peak is exact
     exact_label: str
     sampled_label: str
@@ -30,6 +32,7 @@ METRICS = {
     "rss": Metric(
         name="rss",
         noun="RSS",
+        short="RSS",
         exact_label="RSS of the whole process, exact in-line peak",
         sampled_label="RSS of the whole process, peak sampled at line boundaries",
         header="RSS via {source}, {peak}",
@@ -40,6 +43,7 @@ METRICS = {
     "heap": Metric(
         name="heap",
         noun="the Python heap",
+        short="heap",
         exact_label="Python heap (tracemalloc: allocated bytes, the same on every run)",
         sampled_label="Python heap (tracemalloc: allocated bytes, the same on every run)",
         header="metric heap: Python allocations via tracemalloc",
