@@ -86,6 +86,7 @@ def _cell(text: str) -> str:
 def markdown_report(results: RunResults) -> str:
     """A compact summary: counts, regressions and improvements, budget failures, top lines."""
     from pytest_memline._preflight import display
+    from pytest_memline._results import counts_line
 
     summary = results.figures()
     changes = results.gate.biggest(10)
@@ -93,16 +94,13 @@ def markdown_report(results: RunResults) -> str:
     over_budget = results.over_budget
     baseline = display(results.settings.compare) if results.settings.compare else None
     out = []
-    counts = ", ".join(
-        f"{summary.get(k, 0)} {k}" for k in ("regressed", "improved", "unchanged", "new")
-    )
     gone = summary.get("gone") or []
     icon = ":x:" if summary.get("regressed") or summary.get("over_budget") else ":white_check_mark:"
     out.append(f"## {icon} pytest-memline")
     out.append("")
     out.append(f"{count(summary.get('traced', 0), 'test')} traced, {summary.get('over_budget', 0)} over budget.")
     if baseline is not None:
-        out.append(f"Against `{baseline}`: {counts}, {len(gone)} gone.")
+        out.append(f"Against `{baseline}`: {counts_line(summary)}.")
     out.append("")
     if over_budget:
         out.append("### Over budget")

@@ -363,9 +363,13 @@ def test_a_version_1_baseline_is_read_and_migrated_never_discarded(pytester: pyt
     )
     # nothing was saved (the test failed), but an accepted run rewrites it and keeps the rest
     result = pytester.runpytest_subprocess(
-        "--memline", "--memline-compare", "--memline-save", "--memline-accept=test_v1.py::*"
+        "--memline", "--memline-compare", "--memline-save", "--memline-accept=test_v1.py::*",
+        "--memline-markdown=summary.md",
     )
     result.assert_outcomes(passed=1)
+    # the Markdown summary counts what the terminal counts, accepted tests included
+    md = (pytester.path / "summary.md").read_text()
+    assert ": 0 regressed, 0 improved, 0 unchanged, 0 new, 1 gone, 1 accepted." in md, md
     result.stdout.fnmatch_lines(
         [
             # (test_other.py does not exist: its entry is gone, and kept, since --memline-prune
