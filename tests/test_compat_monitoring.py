@@ -1,4 +1,4 @@
-"""Issue 5, point 2: sys.monitoring (3.12+). memline takes a free tool id (2, else 3, else 4),
+"""Issue 5, point 2: sys.monitoring (3.12+). memline takes a free tool id (3, else 4, else 2),
 never one in use, leaves nothing behind after each test, and says who holds the ids when none
 is free.
 """
@@ -36,8 +36,8 @@ def test_all_ids_taken_is_one_clear_error_per_test(pytester: pytest.Pytester) ->
     result = run(pytester)
     result.assert_outcomes(failed=2)
     message = (
-        "memline: no free sys.monitoring tool id: memline takes 2, 3 or 4 and never one in use, and "
-        "they are held (2 by 'scalene', 3 by 'line_profiler', 4 by 'someone else'); free one, or trace "
+        "memline: no free sys.monitoring tool id: memline takes 3, 4 or 2 and never one in use, and "
+        "they are held (3 by 'line_profiler', 4 by 'someone else', 2 by 'scalene'); free one, or trace "
         "with --memline-backend=settrace"
     )
     result.stdout.fnmatch_lines(["FAILED test_taken.py::test_alloc - Failed: memline: no free sys.monitoring*"])
@@ -54,7 +54,7 @@ def test_all_ids_taken_is_one_clear_error_per_test(pytester: pytest.Pytester) ->
 
 
 def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest.Pytester) -> None:
-    """Another profiler holds id 2 with its own callback and events: memline uses 3; the other
+    """Another tool holds id 3 with its own callback and events: memline uses 4; the other
     tool keeps its callback, its events and its event stream; after each test no event or
     callback of memline's remains."""
     pytester.makeconftest(
@@ -76,11 +76,11 @@ def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest
             return x
 
 
-        m.use_tool_id(2, "other-profiler")
-        m.register_callback(2, m.events.LINE, other_line)
-        m.register_callback(2, m.events.PY_START, other_line)
-        m.set_events(2, m.events.PY_START)
-        m.set_local_events(2, watched.__code__, m.events.LINE)
+        m.use_tool_id(3, "other-tool")
+        m.register_callback(3, m.events.LINE, other_line)
+        m.register_callback(3, m.events.PY_START, other_line)
+        m.set_events(3, m.events.PY_START)
+        m.set_local_events(3, watched.__code__, m.events.LINE)
 
 
         @pytest.fixture(autouse=True)
@@ -88,14 +88,14 @@ def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest
             code = request.function.__code__
             yield
             # teardown: memline stopped tracing this test before this runs
-            assert m.get_tool(2) == "other-profiler"
-            assert m.get_events(2) == m.events.PY_START
-            assert m.get_local_events(2, watched.__code__) == m.events.LINE
+            assert m.get_tool(3) == "other-tool"
+            assert m.get_events(3) == m.events.PY_START
+            assert m.get_local_events(3, watched.__code__) == m.events.LINE
             # register_callback returns the callback it replaces: put each back at once
             for event in (m.events.LINE, m.events.PY_START):
-                previous = m.register_callback(2, event, other_line)
+                previous = m.register_callback(3, event, other_line)
                 assert previous is other_line
-            for tool_id in (3, 4):
+            for tool_id in (4, 2):
                 assert m.get_tool(tool_id) is None
                 assert m.get_events(tool_id) == 0
                 assert m.get_local_events(tool_id, code) == 0
@@ -116,9 +116,9 @@ def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest
 
         def test_alloc():
             a = bytearray(10 * 2**20)
-            # while the test runs, memline holds id 3 and the other tool keeps id 2
-            assert sys.monitoring.get_tool(3) == "pytest-memline"
-            assert sys.monitoring.get_tool(2) == "other-profiler"
+            # while the test runs, memline holds id 4 and the other tool keeps id 3
+            assert sys.monitoring.get_tool(4) == "pytest-memline"
+            assert sys.monitoring.get_tool(3) == "other-tool"
             assert watched() == 1
 
 
@@ -138,3 +138,55 @@ def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest
     assert_mib(row(tests["test_shared.py::test_alloc"], "a = bytearray(10 * 2**20)")["increment"], 10)
     assert_mib(row(tests["test_shared.py::test_raises"], "b = bytearray(5 * 2**20)")["increment"], 5)
     assert_mib(row(tests["test_shared.py::test_last"], "c = bytearray(3 * 2**20)")["increment"], 3)
+
+
+def test_profilers_that_claim_the_profiler_id_work_inside_a_traced_test(pytester: pytest.Pytester) -> None:
+    """cProfile (and anything that claims sys.monitoring.PROFILER_ID, as pytest-profiling
+    does) fails with "Another profiling tool is already active" when that id is held: memline
+    leaves it free while 3 or 4 is, and the lines after the profiler still have their rows."""
+    pytester.makepyfile(
+        test_prof="""
+        import cProfile
+        import profile
+        import sys
+
+
+        def work():
+            return sum(range(1000))
+
+
+        def test_cprofile():
+            p = cProfile.Profile()
+            p.enable()
+            work()
+            p.disable()
+            a = bytearray(6 * 2**20)
+            assert p.getstats()
+
+
+        def test_runctx():
+            cProfile.runctx("work()", globals(), {})
+            b = bytearray(4 * 2**20)
+
+
+        def test_pure_python_profile():
+            profile.Profile().runcall(work)
+            c = bytearray(3 * 2**20)
+
+
+        def test_claims_the_profiler_id():
+            m = sys.monitoring
+            m.use_tool_id(m.PROFILER_ID, "my-profiler")
+            try:
+                d = bytearray(5 * 2**20)
+            finally:
+                m.free_tool_id(m.PROFILER_ID)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=4)
+    tests = traced(pytester)
+    assert_mib(row(tests["test_prof.py::test_cprofile"], "a = bytearray(6 * 2**20)")["increment"], 6)
+    assert_mib(row(tests["test_prof.py::test_runctx"], "b = bytearray(4 * 2**20)")["increment"], 4)
+    assert_mib(row(tests["test_prof.py::test_pure_python_profile"], "c = bytearray(3 * 2**20)")["increment"], 3)
+    assert_mib(row(tests["test_prof.py::test_claims_the_profiler_id"], "d = bytearray(5 * 2**20)")["increment"], 5)

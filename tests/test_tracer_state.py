@@ -51,14 +51,14 @@ def no_tracer():
 
 @pytest.fixture
 def other_tool():
-    # another profiler holds sys.monitoring tool id 2 (the first one memline would take)
+    # another tool holds sys.monitoring tool id 3 (the first one memline would take)
     if sys.version_info < (3, 12):
         pytest.skip("sys.monitoring needs Python 3.12")
-    sys.monitoring.use_tool_id(2, "other-profiler")
+    sys.monitoring.use_tool_id(3, "other-tool")
     yield
     after = tools()
-    sys.monitoring.free_tool_id(2)
-    assert after == {2: "other-profiler"}, f"tools after the test: {after!r}"
+    sys.monitoring.free_tool_id(3)
+    assert after == {3: "other-tool"}, f"tools after the test: {after!r}"
 
 
 def pytest_keyboard_interrupt(excinfo):

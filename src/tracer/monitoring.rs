@@ -12,8 +12,9 @@ const EV_PY_UNWIND: u32 = 1 << 14;
 /// The events enabled on each traced code object.
 const LOCAL_EVENTS: u32 = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | EV_PY_YIELD;
 /// Tool ids we may take, in order of preference: 0 (debugger), 1 (coverage) and 5
-/// (optimizer) are left to their owners.
-const TOOL_IDS: [u8; 3] = [2, 3, 4];
+/// (optimizer) are left to their owners, and 2 (the profiler's: cProfile claims it when it is
+/// enabled, and fails if it is held) is taken only when 3 and 4 are held.
+const TOOL_IDS: [u8; 3] = [3, 4, 2];
 const TOOL_NAME: &str = "pytest-memline";
 
 /// The session and the function index for a monitoring event on `code`, when the code is one
@@ -197,7 +198,7 @@ pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()
             held.push(format!("{id} by {}", name.repr()?));
         }
         return Err(PyRuntimeError::new_err(format!(
-            "memline: no free sys.monitoring tool id: memline takes 2, 3 or 4 and never one in \
+            "memline: no free sys.monitoring tool id: memline takes 3, 4 or 2 and never one in \
              use, and they are held ({}); free one, or trace with --memline-backend=settrace",
             held.join(", ")
         )));
