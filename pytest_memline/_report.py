@@ -23,15 +23,12 @@ JSON schema (``format`` = ``"pytest-memline-report"``, ``version`` = 1)::
       }
     }
 
-Both files are written atomically (a temp file, then a rename).
+Both files are written atomically (a temp file, then a rename) by ``_memline.write_file``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,20 +42,12 @@ JSON_FORMAT = "pytest-memline-report"
 JSON_VERSION = 1
 
 
-def write_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def write_atomic(path: str, text: str) -> str:
+    """Writes a report under the rules of every file memline writes (``src/files.rs``: atomic,
+    never over a directory, device or FIFO, through symlinks). OSError naming the file."""
+    from pytest_memline import _memline
+
+    return _memline.write_file(path, text)
 
 
 def json_report(results: RunResults) -> str:

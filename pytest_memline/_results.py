@@ -62,6 +62,9 @@ class RunResults:
     #: set at the end of the run
     summary: dict[str, Any] | None = None
     saved_lines: list[str] = field(default_factory=list)
+    #: the report files written, and one line per file that could not be (the run then fails)
+    written: list[str] = field(default_factory=list)
+    write_errors: list[str] = field(default_factory=list)
 
     def add(self, result: TestResult, passed: bool, thresholds: Mapping[str, Any] | None) -> None:
         self.traced += 1
@@ -111,12 +114,24 @@ class RunResults:
         from pytest_memline import _report
 
         self.summary = self.figures()
-        self.saved_lines = self.gate.save(self.summary["gone"])
+        try:
+            self.saved_lines = self.gate.save(self.summary["gone"])
+        except OSError as exc:
+            # one failed write does not stop the others; the run fails (plugin.py)
+            self.write_errors.append(f"memline: error: the baseline was not saved: {exc}")
         s = self.settings
-        if s.json_report is not None:
-            _report.write_atomic(s.json_report, _report.json_report(self))
-        if s.markdown_report is not None:
-            _report.write_atomic(s.markdown_report, _report.markdown_report(self))
+        reports = (
+            ("JSON report", s.json_report, _report.json_report),
+            ("Markdown report", s.markdown_report, _report.markdown_report),
+        )
+        for kind, path, build in reports:
+            if path is None:
+                continue
+            try:
+                _report.write_atomic(path, build(self))
+                self.written.append(path)
+            except OSError as exc:
+                self.write_errors.append(f"memline: error: the {kind} was not written: {exc}")
 
     def write_terminal(self, tr: Any, isolated: bool) -> None:
         """The terminal summary."""
@@ -166,9 +181,10 @@ class RunResults:
             tr.write_line(
                 f"memline: {count(self.traced, 'test')} traced, {len(self.over_budget)} over budget"
             )
-        for path in (s.json_report, s.markdown_report):
-            if path is not None:
-                tr.write_line(f"memline: wrote {display(path)}")
+        for path in self.written:
+            tr.write_line(f"memline: wrote {display(path)}")
+        for line in self.write_errors:
+            tr.write_line(line, red=True, bold=True)
 
 
 def counts_line(summary: Mapping[str, Any]) -> str:

@@ -217,6 +217,8 @@ def resolve(
 
     def report_path(name: str) -> str | None:
         v = getattr(options, BY_NAME[name].dest, None)
+        if v == "":
+            raise pytest.UsageError(f"memline: {BY_NAME[name].option} needs a path (it was empty)")
         return None if v is None else str(here / v)
 
     backend = value("backend")
@@ -232,6 +234,16 @@ def resolve(
         )
     peak = value("peak")
     cli_accept = getattr(options, BY_NAME["accept"].dest, None) or ()
+    baseline_source = f"{where} baseline" if cfg.get("baseline") else "the default"
+    _check_paths(
+        {
+            "save": baseline_path("save"),
+            "compare": baseline_path("compare"),
+            "json_report": report_path("json_report"),
+            "markdown_report": report_path("markdown_report"),
+        },
+        {name: baseline_source for name in ("save", "compare") if getattr(options, BY_NAME[name].dest, None) == ""},
+    )
     return Settings(
         tables=value("tables"),
         top=int(value("top")),
@@ -257,6 +269,22 @@ def resolve(
         json_report=report_path("json_report"),
         markdown_report=report_path("markdown_report"),
     )
+
+
+def _check_paths(paths: Mapping[str, str | None], sources: Mapping[str, str]) -> None:
+    """Refuses, before any test runs, a path that memline will not write (a directory, a
+    device, a FIFO: ``src/files.rs``) or a baseline to compare with that is not a regular file."""
+    from pytest_memline import _memline
+
+    for name, path in paths.items():
+        if path is None:
+            continue
+        check = _memline.check_read_path if name == "compare" else _memline.check_write_path
+        try:
+            check(path)
+        except ValueError as exc:
+            source = f" (the path comes from {sources[name]})" if name in sources else ""
+            raise pytest.UsageError(f"memline: {BY_NAME[name].option}: {exc}{source}") from None
 
 
 def _include(options: Any, cfg: Mapping[str, Any]) -> tuple[str, ...]:

@@ -334,6 +334,9 @@ class MemlinePlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
             self.results.finish()
+            if self.results.write_errors and session.exitstatus == pytest.ExitCode.OK:
+                # a gate job must not read a lost baseline or report as a pass
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self.results.write_terminal(terminalreporter, isolated=self.measure.isolator is not None)

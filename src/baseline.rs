@@ -30,13 +30,12 @@
 //! sample each and are rewritten as version 2 by the next save; nothing in them is lost.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{self, Band, HistRow, Pair, Row, Thresholds};
+use crate::files;
 
 pub const FORMAT: &str = "pytest-memline-baseline";
 pub const VERSION: u32 = 2;
@@ -100,7 +99,9 @@ struct BaselineV1 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadError {
     Missing,
-    /// Unreadable, not JSON, wrong schema, newer format: the text says which.
+    /// Not a regular file, over the size cap, or an I/O error: left alone, never moved.
+    Unreadable(String),
+    /// Not JSON, wrong schema, newer format: the text says which.
     Corrupt(String),
 }
 
@@ -269,11 +270,13 @@ impl Baseline {
 
     /// Loads a baseline file, with the format version it was written in.
     pub fn load_versioned(path: &Path) -> Result<(Self, u32), LoadError> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(LoadError::Missing),
-            Err(e) => return Err(LoadError::Corrupt(format!("it cannot be read ({e})"))),
+        let data = match files::read_capped(path, files::MAX_READ) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(LoadError::Missing),
+            Err(why) => return Err(LoadError::Unreadable(why)),
         };
+        let text = String::from_utf8(data)
+            .map_err(|_| LoadError::Corrupt("it is not UTF-8 text".into()))?;
         Self::parse_versioned(&text).map_err(LoadError::Corrupt)
     }
 
@@ -352,41 +355,6 @@ pub struct SaveReport {
     pub migrated_from: Option<u32>,
 }
 
-/// Holds an exclusive lock on `<path>.lock` while alive.
-struct Lock {
-    file: File,
-}
-
-impl Lock {
-    fn acquire(path: &Path) -> Result<Self, String> {
-        let lock_path = sibling(path, ".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open the lock file {}: {e}", lock_path.display()))?;
-        file.lock()
-            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
-        Ok(Lock { file })
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = self.file.unlock();
-    }
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(suffix);
-    path.with_file_name(name)
-}
-
 /// Merges `updates` into the baseline at `path` (creating it and its folder if needed) and
 /// writes it atomically (temp file + rename) under a lock. Entries of other tests are kept,
 /// but for those in `prune`. Each test keeps its last `keep` samples. An unusable existing
@@ -398,12 +366,20 @@ pub fn save(
     keep: usize,
     prune: &BTreeSet<String>,
 ) -> Result<SaveReport, String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let _lock = Lock::acquire(path)?;
+    // a symlinked baseline is saved through to its target; a directory or device is refused
+    let path = &files::write_target(path)?;
+    let _lock = files::Lock::acquire(path)?;
     let mut report = SaveReport::default();
     let mut merged = match Baseline::load_versioned(path) {
+        Ok((existing, _)) if existing.platform != header.platform => {
+            return Err(format!(
+                "baseline {} was recorded on {} and this is {}: saving here would mix the \
+                 platforms' numbers; save to another file (--memline-save=PATH)",
+                path.display(),
+                existing.platform,
+                header.platform
+            ));
+        }
         Ok((existing, _)) if existing.metric != header.metric => {
             let why = format!(
                 "it holds the {:?} metric and this run measured {:?}",
@@ -422,6 +398,9 @@ pub fn save(
             existing
         }
         Err(LoadError::Missing) => header.clone_header(),
+        Err(LoadError::Unreadable(why)) => {
+            return Err(format!("cannot save to {}: {why}", path.display()));
+        }
         Err(LoadError::Corrupt(why)) => {
             report.backup = Some((backup(path)?, why));
             header.clone_header()
@@ -458,35 +437,18 @@ impl Baseline {
 }
 
 fn backup(path: &Path) -> Result<PathBuf, String> {
-    let bak = sibling(path, ".bak");
-    fs::rename(path, &bak).map_err(|e| {
-        format!(
-            "cannot move the unusable baseline {} aside to {}: {e}",
-            path.display(),
-            bak.display()
-        )
-    })?;
-    Ok(bak)
+    files::backup(path)
 }
 
-/// Writes `data` to a temp file beside `path`, syncs it, then renames it over `path`.
+/// Writes `data` to `path` atomically (see `files::write_atomic`).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
-    let tmp = sibling(path, &format!(".tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
+    files::write_atomic(path, data).map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const M: i64 = 1 << 20;

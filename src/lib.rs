@@ -6,6 +6,7 @@ mod baseline;
 mod bench;
 mod config;
 mod diff;
+mod files;
 mod lines;
 mod meter;
 mod prefault;

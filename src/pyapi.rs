@@ -1,10 +1,11 @@
 //! Thin Python bindings of the pure-Rust helpers (sizes, config).
 
-use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::config::{self, Kind, Parsed, Schema, Spec};
+use crate::files;
 use crate::rss::{ReaderKind, RssReader};
 use crate::size;
 
@@ -181,6 +182,40 @@ fn pin_malloc(bytes: i32) -> bool {
     }
 }
 
+/// Writes `text` to `path` atomically, under the rules of every file memline writes (no
+/// directory, device or FIFO replaced; symlinks written through; the old file's permissions
+/// kept). Returns the file written. OSError with the path and the reason.
+#[pyfunction]
+fn write_file(py: Python<'_>, path: &str, text: &str) -> PyResult<String> {
+    let data = text.as_bytes();
+    py.detach(|| files::write_atomic(std::path::Path::new(path), data))
+        .map(|p| p.display().to_string())
+        .map_err(PyOSError::new_err)
+}
+
+/// ValueError when `path` is a place memline will not write (a directory, a device, a FIFO, a
+/// dangling symlink, an empty path): checked before the run, so that no run is wasted.
+#[pyfunction]
+fn check_write_path(path: &str) -> PyResult<()> {
+    files::write_target(std::path::Path::new(path))
+        .map(|_| ())
+        .map_err(PyValueError::new_err)
+}
+
+/// ValueError when `path` exists and is not a regular file memline can read (checked before a
+/// run that compares with it).
+#[pyfunction]
+fn check_read_path(path: &str) -> PyResult<()> {
+    let p = std::path::Path::new(path);
+    match std::fs::metadata(p) {
+        Ok(m) if !m.is_file() => Err(PyValueError::new_err(format!(
+            "{path} is {}, not a regular file",
+            files::kind_of(&m)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Returns the free memory of glibc's heaps to the kernel (`malloc_trim(0)`, which also releases
 /// free pages in the middle of a heap). False where there is no glibc malloc.
 #[pyfunction]
@@ -209,6 +244,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_prefault_like_parent, m)?)?;
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
     m.add_function(wrap_pyfunction!(trim_malloc, m)?)?;
+    m.add_function(wrap_pyfunction!(write_file, m)?)?;
+    m.add_function(wrap_pyfunction!(check_write_path, m)?)?;
+    m.add_function(wrap_pyfunction!(check_read_path, m)?)?;
     m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_percent, m)?)?;

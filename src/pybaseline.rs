@@ -43,9 +43,9 @@ impl PyBaseline {
             Err(LoadError::Missing) => Err(PyFileNotFoundError::new_err(format!(
                 "baseline {path} does not exist"
             ))),
-            Err(LoadError::Corrupt(why)) => Err(PyValueError::new_err(format!(
-                "baseline {path} is unusable: {why}"
-            ))),
+            Err(LoadError::Corrupt(why) | LoadError::Unreadable(why)) => Err(
+                PyValueError::new_err(format!("baseline {path} is unusable: {why}")),
+            ),
         }
     }
 
