@@ -213,6 +213,8 @@ class Gate:
     rootpath: Path
     baseline: Any = None  # _memline.Baseline
     notes: list[str] = field(default_factory=list)
+    #: set when the baseline to compare with does not exist (a warning in pytest's summary)
+    missing: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     changes: list[tuple[int, str, Mapping[str, Any]]] = field(default_factory=list)  # groups
     new_tests: list[str] = field(default_factory=list)
@@ -234,9 +236,16 @@ class Gate:
         try:
             baseline = _memline.Baseline.load(self.settings.compare)
         except FileNotFoundError:
-            self.notes.append(
-                f"memline: warning: baseline {path} does not exist; every test is reported as new"
+            if self.settings.missing_baseline == "fail":
+                raise pytest.UsageError(
+                    f"memline: baseline {path} does not exist, and missing_baseline = \"fail\": "
+                    "nothing to compare with (save one with --memline-save first)"
+                ) from None
+            self.missing = (
+                f"memline: baseline {path} does not exist; every test is reported as new and none "
+                "can regress (--memline-missing-baseline=fail makes this an error)"
             )
+            self.notes.append(f"memline: warning: {self.missing.removeprefix('memline: ')}")
             return
         except ValueError as exc:
             raise pytest.UsageError(f"memline: {exc}") from None

@@ -23,6 +23,7 @@ BACKENDS = ("auto", "settrace", "monitoring")
 READERS = ("auto", "procfs", "portable")
 MALLOC_CHOICES = ("fixed", "native")
 ISOLATE_CHOICES = ("off", "fork")
+MISSING_BASELINE_CHOICES = ("warn", "fail")
 #: Bounds of ``samples`` and ``confirm``.
 MAX_SAMPLES = 100
 MAX_CONFIRM = 20
@@ -161,6 +162,10 @@ KEYS: tuple[Key, ...] = (
         cli=(("action", "append"), ("metavar", "GLOB")),
         help="tests (node ids or globs, repeatable) whose regressions are intended: reported, "
         "not failed; with --memline-save their new numbers replace the saved runs."),
+    Key("missing_baseline", "choice", "warn", MISSING_BASELINE_CHOICES,
+        option="--memline-missing-baseline", cli=_choices(MISSING_BASELINE_CHOICES),
+        help="with --memline-compare, when the baseline file does not exist: warn (default; "
+        "every test is new and the run passes) or fail (stop before any test runs)."),
     Key("isolate", "choice", "off", ISOLATE_CHOICES, option="--memline-isolate",
         cli=_choices(ISOLATE_CHOICES),
         help="fork: run every traced test body in a forked process that has run no other "
@@ -205,6 +210,19 @@ def schema() -> tuple[list[tuple[str, str, Any]], list[tuple[str, str, Any]]]:
     """The keys of ``[tool.memline]`` and of a ``[[tool.memline.limits]]`` entry, as the
     native parser takes them."""
     return [k.schema() for k in CONFIG_KEYS], [k.schema() for k in RULE_KEYS]
+
+
+#: The options that make no sense untraced: given without --memline, they turn tracing on (a CI
+#: step that forgot --memline must not pass a gate that never ran).
+TURNS_ON = ("save", "compare", "json_report", "markdown_report")
+
+
+def given_options(options: Any) -> list[Key]:
+    """The memline options given on the command line (every one defaults to None)."""
+    return [
+        k for k in KEYS
+        if k.option is not None and k.name != "enabled" and getattr(options, k.dest, None) is not None
+    ]
 
 
 def add_options(parser: pytest.Parser) -> None:

@@ -128,6 +128,7 @@ class Settings:
     accept: tuple[str, ...] = ()
     prune: bool = False
     isolate: str = "off"
+    missing_baseline: str = "warn"
 
     def accepts(self, nodeid: str) -> bool:
         """Whether ``accept`` names this test: its regressions are reported, not failed."""
@@ -266,6 +267,7 @@ def resolve(
         accept=tuple(cfg.get("accept") or ()) + tuple(cli_accept),
         prune=bool(value("prune")),
         isolate=value("isolate"),
+        missing_baseline=value("missing_baseline"),
         json_report=report_path("json_report"),
         markdown_report=report_path("markdown_report"),
     )

@@ -38,13 +38,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
+    from pytest_memline import _keys
+
     option = config.getoption("memline", None)
+    given = _keys.given_options(config.option)
+    turning_on = [k.option for k in given if k.name in _keys.TURNS_ON]
     if option is False:
+        if turning_on:
+            raise pytest.UsageError(
+                f"memline: {turning_on[0]} needs tracing, and --no-memline turns it off"
+            )
         return
     path = _preflight.find_pyproject(config.rootpath)
     table, display = _preflight.read_config(path) if option or path else (None, None)
     if not _preflight.enabled_from(option, table):
-        return
+        if not turning_on:
+            for key in given:
+                config.issue_config_time_warning(
+                    pytest.PytestConfigWarning(
+                        f"memline: {key.option} has no effect: tracing is off (add --memline, "
+                        "or enabled = true in [tool.memline])"
+                    ),
+                    stacklevel=2,
+                )
+            return
     from pytest_memline import _settings
 
     settings = _settings.resolve(
@@ -58,7 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # no RSS to read here (no /proc, say): run the tests untraced and say so once
         config.pluginmanager.register(_Unavailable(str(exc)), PLUGIN_NAME)
         return
-    config.pluginmanager.register(MemlinePlugin(config, settings, probe), PLUGIN_NAME)
+    plugin = MemlinePlugin(config, settings, probe)
+    if turning_on and not _preflight.enabled_from(option, table):
+        plugin.turned_on_by = turning_on[0]
+    config.pluginmanager.register(plugin, PLUGIN_NAME)
 
 
 class _Unavailable:
@@ -74,6 +94,9 @@ class _Unavailable:
 class MemlinePlugin:
     """The manager: its hooks trace tests (``Measurer``), put what was found on the reports
     and gather the reports into the run's results."""
+
+    #: the option that turned tracing on when --memline was not given (a gate or report option)
+    turned_on_by: str | None = None
 
     def __init__(self, config: pytest.Config, settings: Settings, probe: Any = None) -> None:
         from pytest_memline import _memline
@@ -96,6 +119,9 @@ class MemlinePlugin:
         )
         self.gate = Gate(settings, config.rootpath)
         self.gate.load()
+        if self.gate.missing and not self.is_worker:
+            # in pytest's warnings summary, which -q does not hide (the header line it does)
+            config.issue_config_time_warning(pytest.PytestWarning(self.gate.missing), stacklevel=2)
         self.gate.select(config.args, config.invocation_params.dir)
         self.measure = Measurer(settings, _memline, self.gate, bool(malloc_fixed))
         self.results = RunResults(settings, self.gate)
@@ -138,6 +164,8 @@ class MemlinePlugin:
         peak = "exact in-line peak" if probe["exact_peak"] else f"no exact peak: {probe['note']}"
         described = metric(s.metric).header.format(source=probe["reader"], peak=peak)
         lines = [f"memline: on (backend {backend}, {described})"]
+        if self.turned_on_by:
+            lines.append(f"memline: tracing turned on by {self.turned_on_by} (as --memline)")
         limits = []
         if s.test_limit:
             limits.append(f"test {format_size(s.test_limit.value)}")

@@ -108,7 +108,7 @@ def run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
             '[tool.memline]\ntest_limt = "60MiB"\n',
             'ERROR: memline: pyproject.toml: [tool.memline]: unknown key "test_limt"; known keys: '
             "enabled, test_limit, line_limit, tables, top, peak, metric, baseline, noise_floor, "
-            "tolerance, samples, confirm, accept, isolate, include, malloc, limits",
+            "tolerance, samples, confirm, accept, missing_baseline, isolate, include, malloc, limits",
             id="unknown-key",
         ),
         pytest.param(

@@ -167,10 +167,68 @@ def test_missing_baseline_warns_and_reports_new(pytester: pytest.Pytester) -> No
     assert result.ret == 0
     result.stdout.fnmatch_lines(
         [
-            "memline: warning: baseline nowhere.json does not exist; every test is reported as new",
+            "memline: warning: baseline nowhere.json does not exist; every test is reported as new*",
             "0 regressed, 0 improved, 0 unchanged, 2 new, 0 gone",
         ]
     )
+    # -q hides the header line; the warning stays in pytest's summary
+    quiet = pytester.runpytest_subprocess("-q", "--memline", "--memline-compare=nowhere.json")
+    assert quiet.ret == 0
+    quiet.stdout.fnmatch_lines(
+        [
+            "*warnings summary*",
+            "*PytestWarning: memline: baseline nowhere.json does not exist; every test is "
+            "reported as new and none can regress (--memline-missing-baseline=fail makes this "
+            "an error)",
+            "*2 passed, 1 warning*",
+        ]
+    )
+
+
+def test_a_required_baseline_that_is_missing_stops_the_run(pytester: pytest.Pytester) -> None:
+    write_suite(pytester)
+    result = pytester.runpytest_subprocess(
+        "--memline", "--memline-compare=nowhere.json", "--memline-missing-baseline=fail"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ['ERROR: memline: baseline nowhere.json does not exist, and missing_baseline = "fail": '
+         "nothing to compare with (save one with --memline-save first)"]
+    )
+    assert "passed" not in result.stdout.str()
+    pytester.makepyprojecttoml('[tool.memline]\nmissing_baseline = "fail"\n')
+    result = pytester.runpytest_subprocess("--memline", "--memline-compare=nowhere.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_gate_and_report_options_turn_tracing_on_and_others_warn(
+    pytester: pytest.Pytester,
+) -> None:
+    """A CI step that forgot --memline must not pass a gate that never ran."""
+    write_suite(pytester)
+    result = pytester.runpytest_subprocess("--memline-save")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "memline: tracing turned on by --memline-save (as --memline)",
+            "memline: saved 2 tests to .memline/baseline.json*",
+        ]
+    )
+    grown = pytester.runpytest_subprocess("--memline-compare", "--memline-json=r.json")
+    grown.stdout.fnmatch_lines(["memline: tracing turned on by --memline-compare (as --memline)"])
+    assert json.loads((pytester.path / "r.json").read_text())["summary"]["traced"] == 2
+    off = pytester.runpytest_subprocess("--no-memline", "--memline-compare")
+    assert off.ret == pytest.ExitCode.USAGE_ERROR
+    off.stderr.fnmatch_lines(
+        ["ERROR: memline: --memline-compare needs tracing, and --no-memline turns it off"]
+    )
+    other = pytester.runpytest_subprocess("--memline-tables=all")
+    other.assert_outcomes(passed=2, warnings=1)
+    other.stdout.fnmatch_lines(
+        ["*PytestConfigWarning: memline: --memline-tables has no effect: tracing is off (add "
+         "--memline, or enabled = true in ?tool.memline?)"]
+    )
+    assert "memline: on" not in other.stdout.str()
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,7 @@ OPTIONS = [
     "--memline-samples",
     "--memline-confirm",
     "--memline-accept",
+    "--memline-missing-baseline",
     "--memline-isolate",
     "--memline-include",
     "--memline-malloc",
