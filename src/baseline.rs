@@ -250,10 +250,13 @@ impl Baseline {
             Some(v) if v > u64::from(VERSION) => Err(format!(
                 "it was written by a newer pytest-memline (format version {v}; this one reads versions 1 to {VERSION}): upgrade pytest-memline"
             )),
-            other => Err(format!(
-                "unsupported format version {}",
-                other.map_or("(missing)".into(), |v| v.to_string())
-            )),
+            other => Err(match (other, obj.get("version")) {
+                (Some(v), _) => format!("unsupported format version {v}"),
+                (None, None) => "it has no format version (\"version\")".into(),
+                (None, Some(v)) => format!(
+                    "its format version is {v}, not a whole number (1 to {VERSION})"
+                ),
+            }),
         }
     }
 
@@ -563,6 +566,12 @@ mod tests {
             e.contains("newer pytest-memline (format version 7; this one reads versions 1 to 2)"),
             "{e}"
         );
+        let float = text.replace("\"version\": 2", "\"version\": 1.0");
+        let e = Baseline::parse(&float).unwrap_err();
+        assert_eq!(e, "its format version is 1.0, not a whole number (1 to 2)");
+        let none = text.replace("\"version\": 2,", "");
+        let e = Baseline::parse(&none).unwrap_err();
+        assert_eq!(e, "it has no format version (\"version\")");
         let wrong = text.replace("\"peak_growth\"", "\"peak\"");
         let e = Baseline::parse(&wrong).unwrap_err();
         assert!(e.contains("do not match the format"), "{e}");

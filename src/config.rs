@@ -134,6 +134,7 @@ impl Ctx<'_> {
 
     fn size(&self, key: &str, v: &Value) -> Result<u64, String> {
         match v {
+            // a TOML integer is an i64: never above MAX_SIZE
             Value::Integer(n) if *n >= 0 => Ok(*n as u64),
             Value::Integer(_) => Err(self.bad(key, v, "a size that is not negative")),
             Value::String(s) => parse_size(s).map_err(|e| {

@@ -22,13 +22,18 @@ fn parse_size(value: &Bound<'_, PyAny>) -> PyResult<u64> {
         )));
     }
     if let Ok(n) = value.extract::<i128>() {
-        return u64::try_from(n).map_err(|_| {
-            if n < 0 {
-                PyValueError::new_err(format!("{n}: a size cannot be negative"))
-            } else {
-                PyOverflowError::new_err(format!("{n}: too large"))
-            }
-        });
+        return u64::try_from(n)
+            .ok()
+            .filter(|&b| b <= size::MAX_SIZE)
+            .ok_or_else(|| {
+                if n < 0 {
+                    PyValueError::new_err(format!("{n}: a size cannot be negative"))
+                } else {
+                    PyOverflowError::new_err(format!(
+                        "{n}: too large (sizes are at most 2^63 - 1 bytes, 8 EiB)"
+                    ))
+                }
+            });
     }
     Err(PyValueError::new_err(format!(
         "{}: not a size",

@@ -12,6 +12,9 @@ pub struct ParseError {
 pub const SIZE_FORMS: &str = "a number of bytes or a number with a unit: B, KB, MB, GB, TB \
 (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. '60MiB', '1.5 GiB', '512KiB'";
 
+/// The largest size accepted: sizes meet signed 64-bit byte counts (increments go below zero).
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
 pub const PERCENT_FORMS: &str = "a percentage such as '10%' or '0%'";
 
 impl fmt::Display for ParseError {
@@ -21,6 +24,8 @@ impl fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
+
+const TOO_LARGE: &str = "too large (sizes are at most 2^63 - 1 bytes, 8 EiB)";
 
 fn err(value: &str, reason: &'static str) -> ParseError {
     ParseError {
@@ -64,12 +69,23 @@ pub fn parse_size(s: &str) -> Result<u64, ParseError> {
     if number.starts_with('-') {
         return Err(err(s, "a size cannot be negative"));
     }
+    if unit.starts_with(['e', 'E'])
+        && unit[1..].starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+    {
+        return Err(err(
+            s,
+            "exponents are not accepted: write the number out, e.g. '1000MiB'",
+        ));
+    }
     let factor = unit_factor(unit).ok_or_else(|| err(s, "unknown unit"))?;
     if number.contains('_') {
         return Err(err(s, "not a size"));
     }
     if let Ok(n) = number.trim_start_matches('+').parse::<u64>() {
-        return n.checked_mul(factor).ok_or_else(|| err(s, "too large"));
+        return n
+            .checked_mul(factor)
+            .filter(|&b| b <= MAX_SIZE)
+            .ok_or_else(|| err(s, TOO_LARGE));
     }
     let x: f64 = number.parse().map_err(|_| err(s, "not a size"))?;
     if !x.is_finite() {
@@ -79,8 +95,8 @@ pub fn parse_size(s: &str) -> Result<u64, ParseError> {
         return Err(err(s, "a number of bytes must be a whole number"));
     }
     let bytes = (x * factor as f64).round();
-    if bytes >= u64::MAX as f64 {
-        return Err(err(s, "too large"));
+    if bytes >= MAX_SIZE as f64 {
+        return Err(err(s, TOO_LARGE));
     }
     Ok(bytes as u64)
 }
@@ -149,6 +165,33 @@ mod tests {
         assert_eq!(e.to_string(), "\"-5MiB\": a size cannot be negative");
         assert_eq!(parse_size("sixty").unwrap_err().reason, "not a size");
         assert_eq!(parse_size("6 parsecs").unwrap_err().reason, "unknown unit");
+        assert!(parse_size("1e3MiB")
+            .unwrap_err()
+            .reason
+            .starts_with("exponents are not accepted"));
+        // sizes meet signed byte counts: 2^63 bytes and more are refused, up to it accepted
+        assert_eq!(parse_size("8388607TiB"), Ok(8_388_607 << 40));
+        for big in [
+            "9000000TiB",
+            "18446744073709551615",
+            "9223372036854775808",
+            "8EiB",
+        ] {
+            assert!(parse_size(big).is_err(), "{big}");
+        }
+        assert_eq!(parse_size("9223372036854775807"), Ok(i64::MAX as u64));
+        assert!(parse_size("9000000TiB")
+            .unwrap_err()
+            .reason
+            .starts_with("too large"));
+        assert!(parse_size("8388608 TiB")
+            .unwrap_err()
+            .reason
+            .starts_with("too large"));
+        assert!(parse_size("8388608.5 TiB")
+            .unwrap_err()
+            .reason
+            .starts_with("too large"));
     }
 
     #[test]

@@ -118,6 +118,18 @@ def run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
             id="bad-size",
         ),
         pytest.param(
+            '[tool.memline]\ntest_limit = "9000000TiB"\n',
+            'ERROR: memline: pyproject.toml: [tool.memline] test_limit = "9000000TiB": too large '
+            f"(sizes are at most 2^63 - 1 bytes, 8 EiB); expected {SIZE_FORMS}",
+            id="huge-size",
+        ),
+        pytest.param(
+            '[tool.memline]\nline_limit = "1e3MiB"\n',
+            'ERROR: memline: pyproject.toml: [tool.memline] line_limit = "1e3MiB": exponents are '
+            f"not accepted: write the number out, e.g. '1000MiB'; expected {SIZE_FORMS}",
+            id="exponent",
+        ),
+        pytest.param(
             "[tool.memline]\nline_limit = -3\n",
             "ERROR: memline: pyproject.toml: [tool.memline] line_limit = -3: expected a size that "
             "is not negative",
@@ -187,6 +199,12 @@ def test_toml_syntax_error_seen_by_memline(pytester: pytest.Pytester) -> None:
     [
         ("--memline-top=-1", "argument --memline-top: '-1' is negative; expected 0 or more"),
         ("--memline-top=ten", "argument --memline-top: 'ten' is not a whole number"),
+        # sizes meet signed 64-bit byte counts: refused here, not an INTERNALERROR later
+        (
+            "--memline-noise-floor=18446744073709551615",
+            'argument --memline-noise-floor: "18446744073709551615": too large (sizes are at '
+            "most 2^63 - 1 bytes, 8 EiB)",
+        ),
         # argparse's own message (how it quotes the choices varies across Python versions)
         (
             "--memline-tables=some",
