@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pytest_memline._metrics import metric
 from pytest_memline._settings import Limit, TestLimits
 from pytest_memline._units import format_size as _size
-from pytest_memline._units import mib
+from pytest_memline._units import mib, printable
 from pytest_memline.table import MemoryTable
 
 
@@ -36,7 +36,7 @@ class Violation:
         where = f"line {self.lineno}"
         row = table.row(self.lineno) if table is not None else None
         if row is not None and row.contents.strip():
-            where += f" `{row.contents.strip()[:60]}`"
+            where += f" `{printable(row.contents.strip()[:60])}`"
         if self.what == "increment":
             return f"memline: {where} grew {what} by {mib(self.value)}, over the line limit of {limit}"
         return (

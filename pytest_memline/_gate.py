@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import pytest
 
 from pytest_memline._preflight import count
 from pytest_memline._settings import Settings, TestLimits, display
-from pytest_memline._units import format_size, mib, signed_mib
+from pytest_memline._units import format_size, mib, printable, signed_mib
 from pytest_memline.table import MemoryTable, render_row
 
 #: Statuses a traced test can have against a baseline. "unconfirmed": it looked regressed, but
@@ -142,9 +142,10 @@ def group_changes(changes: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(groups.values(), key=lambda g: g["delta"], reverse=True)
 
 
-def describe_group(group: Mapping[str, Any]) -> str:
+def describe_group(group: Mapping[str, Any], code: Callable[[str], str] | None = None) -> str:
     """``line 3 (line 2 in the baseline) `a = f()`: increment 10.0 MiB -> 30.0 MiB (+20.0 MiB,
-    +200%), peak ...``"""
+    +200%), peak ...``; ``code`` quotes the line's contents (Markdown passes its own)."""
+    quote = code or (lambda text: f"`{printable(text)}`")
     if group["line"] is None:
         where = "test"
     else:
@@ -152,7 +153,7 @@ def describe_group(group: Mapping[str, Any]) -> str:
         if group.get("old_line") not in (None, group["line"]):
             where += f" (line {group['old_line']} in the baseline)"
         if group.get("contents"):
-            where += f" `{str(group['contents'])[:60]}`"
+            where += f" {quote(str(group['contents'])[:60])}"
     parts = []
     for what, old, new in group["parts"]:
         rel = f", {(new - old) / abs(old) * 100:+.0f}%" if old else ""

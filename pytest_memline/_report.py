@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 from pytest_memline._gate import describe_group
 from pytest_memline._preflight import count
-from pytest_memline._units import mib, signed_mib
+from pytest_memline._units import md_code, md_text, mib, signed_mib
 
 JSON_FORMAT = "pytest-memline-report"
 JSON_VERSION = 1
@@ -68,20 +68,26 @@ def json_report(results: RunResults) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+#: GitHub takes 65,536 characters in a comment (and 1 MiB in a step summary): the report stays
+#: under this, cutting its last sections with a note when a huge run would pass it.
+MAX_MARKDOWN = 60_000
+#: rows of the top-lines table at most (the terminal shows --memline-top of them)
+MAX_TOP_ROWS = 50
 
 
 def markdown_report(results: RunResults) -> str:
-    """A compact summary: counts, regressions and improvements, budget failures, top lines."""
+    """A compact summary: counts, regressions and improvements, budget failures, top lines.
+    Everything that comes from the tests (ids, source lines, messages) is escaped: nothing in
+    a test id or a line can add HTML, a link, a mention or a table cell to a pull request."""
     from pytest_memline._preflight import display
-    from pytest_memline._results import counts_line
+    from pytest_memline._results import LIST_LIMIT, counts_line
 
     summary = results.figures()
     changes = results.gate.biggest(10)
-    top_lines = results.top_lines()
+    top_lines = results.top_lines()[:MAX_TOP_ROWS]
     over_budget = results.over_budget
     baseline = display(results.settings.compare) if results.settings.compare else None
+    full = "the JSON report (--memline-json) has them all"
     out = []
     gone = summary.get("gone") or []
     icon = ":x:" if summary.get("regressed") or summary.get("over_budget") else ":white_check_mark:"
@@ -89,13 +95,15 @@ def markdown_report(results: RunResults) -> str:
     out.append("")
     out.append(f"{count(summary.get('traced', 0), 'test')} traced, {summary.get('over_budget', 0)} over budget.")
     if baseline is not None:
-        out.append(f"Against `{baseline}`: {counts_line(summary)}.")
+        out.append(f"Against {md_code(baseline)}: {counts_line(summary)}.")
     out.append("")
     if over_budget:
         out.append("### Over budget")
         out.append("")
-        for nodeid, message in over_budget:
-            out.append(f"- `{nodeid}`: {message.removeprefix('memline: ')}")
+        for nodeid, message in over_budget[:LIST_LIMIT]:
+            out.append(f"- {md_code(nodeid)}: {md_text(message.removeprefix('memline: '))}")
+        if len(over_budget) > LIST_LIMIT:
+            out.append(f"- and {len(over_budget) - LIST_LIMIT} more ({full})")
         out.append("")
     if changes:
         out.append("### Biggest changes against the baseline")
@@ -103,10 +111,13 @@ def markdown_report(results: RunResults) -> str:
         out.append("| change | test | what |")
         out.append("| ---: | --- | --- |")
         for delta, nodeid, group in changes:
-            out.append(f"| {signed_mib(delta)} | `{nodeid}` | {_cell(describe_group(group))} |")
+            what = describe_group(group, code=md_code)
+            out.append(f"| {signed_mib(delta)} | {md_code(nodeid)} | {what} |")
         out.append("")
     if gone:
-        out.append(f"Gone from the suite: {', '.join(f'`{g}`' for g in gone)}")
+        shown = ", ".join(md_code(g) for g in gone[:LIST_LIMIT])
+        more = f", and {len(gone) - LIST_LIMIT} more ({full})" if len(gone) > LIST_LIMIT else ""
+        out.append(f"Gone from the suite: {shown}{more}")
         out.append("")
     if top_lines:
         out.append("### Top lines by increment")
@@ -114,7 +125,18 @@ def markdown_report(results: RunResults) -> str:
         out.append("| increment | test | line |")
         out.append("| ---: | --- | --- |")
         for inc, nodeid, lineno, contents in top_lines:
-            contents = contents.replace("|", "\\|").replace("`", "'")
-            out.append(f"| {mib(inc)} | `{nodeid}` | {lineno}: `{contents[:80]}` |")
+            out.append(f"| {mib(inc)} | {md_code(nodeid)} | {lineno}: {md_code(contents.strip()[:80])} |")
         out.append("")
-    return "\n".join(out)
+    return _bounded("\n".join(out))
+
+
+def _bounded(text: str) -> str:
+    """``text`` cut at a line boundary under ``MAX_MARKDOWN`` characters, with a note."""
+    if len(text) <= MAX_MARKDOWN:
+        return text
+    note = (
+        f"\n\n*Cut at {MAX_MARKDOWN:,} characters to fit a pull-request comment: the JSON "
+        "report (--memline-json) has the whole run.*\n"
+    )
+    cut = text.rfind("\n", 0, MAX_MARKDOWN - len(note))
+    return text[: max(cut, 0)] + note

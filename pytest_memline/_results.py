@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 #: The smallest increment the top lines list: 0.05 MiB, the first one shown as 0.1 MiB.
 SHOWN_AS_NONZERO = 2**20 // 20 + 1
+#: lists of test ids in the terminal summary and the Markdown report stop here ("and N more")
+LIST_LIMIT = 20
 
 
 @dataclass
@@ -138,7 +140,7 @@ class RunResults:
         from pytest_memline._gate import describe_group
         from pytest_memline._metrics import metric
         from pytest_memline._preflight import count, display
-        from pytest_memline._units import mib, signed_mib
+        from pytest_memline._units import mib, printable, signed_mib
 
         s = self.settings
         if self.tables:
@@ -150,19 +152,23 @@ class RunResults:
             top = self.top_lines()
             tr.write_sep("=", f"memline: top {count(len(top), 'line')} by increment")
             for inc, nodeid, lineno, contents in top:
-                tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {contents[:80]}")
+                tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {printable(contents[:80])}")
         summary = self.figures()
         if s.compare is not None:
             tr.write_sep("=", f"memline: against {display(s.compare)}")
             tr.write_line(counts_line(summary))
             for delta, nodeid, group in self.gate.biggest():
-                tr.write_line(f"  {signed_mib(delta):>12}  {nodeid}  {describe_group(group)}")
+                tr.write_line(f"  {signed_mib(delta):>12}  {printable(nodeid)}  {describe_group(group)}")
             for nodeid in self.gate.new_tests[:10]:
                 tr.write_line(f"  new: {nodeid}")
             if len(self.gate.new_tests) > 10:
                 tr.write_line(f"  ... and {len(self.gate.new_tests) - 10} more new")
-            for nodeid in summary["gone"]:
-                tr.write_line(f"  gone: {nodeid}")
+            gone = summary["gone"]
+            for nodeid in gone[:LIST_LIMIT]:
+                tr.write_line(f"  gone: {printable(nodeid)}")
+            if len(gone) > LIST_LIMIT:
+                more = "every one in the JSON report" if s.json_report else "--memline-json lists them all"
+                tr.write_line(f"  ... and {len(gone) - LIST_LIMIT} more gone ({more})")
             for nodeid, group, comparison in self.gate.doubtful:
                 why = comparison.confirmation()
                 tr.write_line(

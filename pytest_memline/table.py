@@ -18,7 +18,7 @@ __all__ = ["LineRow", "MemoryTable", "source_of"]
 
 from pytest_memline._memline import LineRow
 from pytest_memline._metrics import metric as _metric
-from pytest_memline._units import MIB, mib, signed_mib  # noqa: F401  (re-exported)
+from pytest_memline._units import MIB, mib, printable, signed_mib  # noqa: F401  (re-exported)
 
 _TEMPLATE = "{0:>6} {1:>12} {2:>12} {3:>12}  {4:>11}   {5}"
 HEADER = _TEMPLATE.format("Line #", "Mem usage", "Increment", "Peak", "Occurrences", "Line Contents")
@@ -28,9 +28,10 @@ MAX_CONTENTS = 200
 
 def render_row(row: LineRow, marked: bool = False) -> str:
     """One row as tables and diffs show it (memory_profiler's layout plus Peak). Tabs become
-    four spaces; contents longer than ``MAX_CONTENTS`` characters are cut with an ellipsis;
-    ``marked`` (over a budget, regressed): the row starts with ``>``."""
-    contents = row.contents.replace("\t", "    ")
+    four spaces and control characters escapes (a source line cannot drive the terminal);
+    contents longer than ``MAX_CONTENTS`` characters are cut with an ellipsis; ``marked`` (over
+    a budget, regressed): the row starts with ``>``."""
+    contents = printable(row.contents)
     if len(contents) > MAX_CONTENTS:
         contents = contents[: MAX_CONTENTS - 1] + "\u2026"
     if row.ran:
