@@ -22,6 +22,13 @@ from pytest_memline._units import MIB, mib, printable, signed_mib  # noqa: F401 
 
 _TEMPLATE = "{0:>6} {1:>12} {2:>12} {3:>12}  {4:>11}   {5}"
 HEADER = _TEMPLATE.format("Line #", "Mem usage", "Increment", "Peak", "Occurrences", "Line Contents")
+#: Said under the header of a table with a line that ran more than once (a loop's body), where
+#: a large Increment beside a small Peak would otherwise look wrong.
+PER_RUN_NOTE = (
+    "a line that ran more than once (Occurrences > 1): Increment is the sum over its runs, "
+    "Peak the highest rise within one run"
+)
+
 #: Contents longer than this are cut when rendered (the data keeps them whole).
 MAX_CONTENTS = 200
 
@@ -106,6 +113,8 @@ class MemoryTable:
                 )
             out.append(summary)
             out.extend(f"note: {n}" for n in self.notes)
+            if any(r.occurrences > 1 for r in self.rows):
+                out.append(f"note: {PER_RUN_NOTE}")
             out.append("")
         if not self.rows:
             return "\n".join(out).rstrip("\n")
