@@ -65,6 +65,8 @@ class Rule:
     """One ``[[tool.memline.limits]]`` entry."""
 
     pattern: str
+    #: where it is written: ``pyproject.toml [[tool.memline.limits]] #1 (match = '...')``
+    source: str = ""
     test_limit: Limit | None = None
     line_limit: Limit | None = None
     tolerance: Tolerance | None = None
@@ -207,7 +209,7 @@ def resolve(
             k.name: None if r.get(k.name) is None else wrap[k.kind](r[k.name], source)
             for k in RULE_KEYS
         }
-        rules.append(Rule(pattern=r["match"], **fields))
+        rules.append(Rule(pattern=r["match"], source=source, **fields))
     default_baseline = cfg.get("baseline") or _default("baseline")
 
     def baseline_path(name: str) -> str | None:
@@ -287,6 +289,33 @@ def _check_paths(paths: Mapping[str, str | None], sources: Mapping[str, str]) ->
         except ValueError as exc:
             source = f" (the path comes from {sources[name]})" if name in sources else ""
             raise pytest.UsageError(f"memline: {BY_NAME[name].option}: {exc}{source}") from None
+
+
+def unmatched_rules(
+    rules: tuple[Rule, ...], collected: set[str], rootpath: Path, whole_suite: bool
+) -> list[str]:
+    """A warning for each ``[[tool.memline.limits]]`` rule that matches no collected test and
+    would not match in the whole suite either: its file does not exist under the rootdir (a
+    pattern written relative to the wrong folder), or, for a pattern with wildcards in its
+    file part, the run collected the whole suite."""
+    import difflib
+
+    out = []
+    for rule in rules:
+        if any(fnmatch.fnmatchcase(nodeid, rule.pattern) for nodeid in collected):
+            continue
+        file_part = rule.pattern.split("::", 1)[0]
+        if any(c in file_part for c in "*?["):
+            if not whole_suite:
+                continue
+        elif (rootpath / file_part).exists():
+            continue  # a file of the suite that this run did not collect
+        closest = difflib.get_close_matches(rule.pattern, sorted(collected), n=1, cutoff=0.0)
+        hint = f"; node ids are relative to the rootdir, the closest is {closest[0]!r}" if closest else ""
+        out.append(
+            f"memline: {rule.source} matches none of the {len(collected)} collected tests{hint}"
+        )
+    return out
 
 
 def _include(options: Any, cfg: Mapping[str, Any]) -> tuple[str, ...]:

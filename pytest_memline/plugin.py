@@ -361,10 +361,22 @@ class MemlinePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
+            self._warn_unmatched_rules(session)
             self.results.finish()
             if self.results.write_errors and session.exitstatus == pytest.ExitCode.OK:
                 # a gate job must not read a lost baseline or report as a pass
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _warn_unmatched_rules(self, session: pytest.Session) -> None:
+        from pytest_memline._settings import unmatched_rules
+
+        if not self.settings.rules or not self.results.collected:
+            return
+        whole = self.config.args_source != pytest.Config.ArgsSource.ARGS
+        for message in unmatched_rules(
+            self.settings.rules, self.results.collected, self.config.rootpath, whole
+        ):
+            self.config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self.results.write_terminal(terminalreporter, isolated=self.measure.isolator is not None)

@@ -100,3 +100,43 @@ def test_marker_values() -> None:
     assert parse_marker(None, "t") is None
     # every marker keyword is a setting of the table
     assert set(_keys.MARKER_KEYS) == {"test", "line", "tolerance", "noise_floor", "metric"}
+
+
+def test_a_rule_that_matches_no_test_is_named_with_the_closest_id(tmp_path: Path) -> None:
+    from pytest_memline._settings import Rule, unmatched_rules
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_numeric.py").write_text("")
+    ids = {"tests/test_numeric.py::test_add", "tests/test_numeric.py::test_sub"}
+    wrong_folder = Rule("test_numeric.py::test_add*", source="pyproject.toml [[tool.memline.limits]] #1")
+    not_collected = Rule("tests/test_numeric.py::test_mul", source="#2")
+    glob_nothing = Rule("*::test_nothing", source="#3")
+    matching = Rule("tests/*::test_add", source="#4")
+    rules = (wrong_folder, not_collected, glob_nothing, matching)
+    assert unmatched_rules(rules, ids, tmp_path, whole_suite=True) == [
+        "memline: pyproject.toml [[tool.memline.limits]] #1 matches none of the 2 collected "
+        "tests; node ids are relative to the rootdir, the closest is "
+        "'tests/test_numeric.py::test_add'",
+        "memline: #3 matches none of the 2 collected tests; node ids are relative to the "
+        "rootdir, the closest is 'tests/test_numeric.py::test_sub'",
+    ]
+    # a narrowed run (paths on the command line) cannot judge a pattern with wildcards
+    assert [m.split(" matches")[0] for m in unmatched_rules(rules, ids, tmp_path, False)] == [
+        "memline: pyproject.toml [[tool.memline.limits]] #1"
+    ]
+
+
+def test_an_unmatched_rule_is_a_warning_in_a_real_session(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_numeric="def test_add():\n    assert True\n")
+    pytester.makepyprojecttoml(
+        '[[tool.memline.limits]]\nmatch = "tests/test_numeric.py::*"\nline_limit = "1MiB"\n'
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--memline")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestConfigWarning: memline: pyproject.toml ??tool.memline.limits?? #1 (match = "
+            "'tests/test_numeric.py::?') matches none of the 1 collected tests; node ids are "
+            "relative to the rootdir, the closest is 'test_numeric.py::test_add'"
+        ]
+    )
