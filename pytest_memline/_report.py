@@ -8,7 +8,9 @@ JSON schema (``format`` = ``"pytest-memline-report"``, ``version`` = 1)::
       "metric": "rss", "python": "3.11.7", "platform": "linux-x86_64",
       "baseline": "/abs/path/baseline.json" | null,
       "summary": {"traced": 20, "over_budget": 1, "regressed": 1, "improved": 0,
-                  "unchanged": 18, "new": 0, "gone": ["tests/test_old.py::test_x"]},
+                  "unchanged": 18, "new": 0, "gone": ["tests/test_old.py::test_x"],
+                  "process_peak": 366075904 | null,   # the real peak RSS (bytes), see README
+                  "worker_peaks": {"gw0": ..., "gw1": ...}},  # under xdist, else {}
       "tests": {
         "<node id>": {
           "outcome": "passed" | "failed" | "skipped",

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 #: The smallest increment the top lines list: 0.05 MiB, the first one shown as 0.1 MiB.
 SHOWN_AS_NONZERO = 2**20 // 20 + 1
+#: why the summary gives the real peak: memline resets the kernel's peak counter
+REAL_PEAK_WHY = (
+    "(memline resets the kernel's peak counter, VmHWM, before traced lines: ru_maxrss, "
+    "/usr/bin/time and job monitors read less)"
+)
 #: lists of test ids in the terminal summary and the Markdown report stop here ("and N more")
 LIST_LIMIT = 20
 
@@ -64,6 +69,10 @@ class RunResults:
     #: set at the end of the run
     summary: dict[str, Any] | None = None
     saved_lines: list[str] = field(default_factory=list)
+    #: the real peak RSS of the process that ran the tests (memline resets the kernel's counter
+    #: before traced lines: this is what it would read without memline), or of each xdist worker
+    process_peak: int | None = None
+    worker_peaks: dict[str, int] = field(default_factory=dict)
     #: the report files written, and one line per file that could not be (the run then fails)
     written: list[str] = field(default_factory=list)
     write_errors: list[str] = field(default_factory=list)
@@ -100,6 +109,10 @@ class RunResults:
         list is the same whatever order the tests (or xdist workers) reported in."""
         return sorted(self.top, key=lambda e: (-e[0], e[1], e[2]))[: self.settings.top]
 
+    def real_peak(self) -> int | None:
+        """The highest real peak RSS of the processes that ran tests."""
+        return max(self.worker_peaks.values()) if self.worker_peaks else self.process_peak
+
     def figures(self) -> dict[str, Any]:
         """The session's figures: tests traced and over budget, the baseline's counts."""
         if self.summary is not None:
@@ -109,6 +122,8 @@ class RunResults:
             "over_budget": len(self.over_budget),
             **self.gate.counts,
             "gone": self.gate.gone(self.collected),
+            "process_peak": self.real_peak(),
+            "worker_peaks": dict(sorted(self.worker_peaks.items())),
         }
 
     def finish(self) -> None:
@@ -186,6 +201,13 @@ class RunResults:
         if self.traced:
             tr.write_line(
                 f"memline: {count(self.traced, 'test')} traced, {len(self.over_budget)} over budget"
+            )
+        if self.worker_peaks:
+            each = ", ".join(f"{w} {mib(p)}" for w, p in sorted(self.worker_peaks.items()))
+            tr.write_line(f"memline: real peak RSS of the workers: {each} {REAL_PEAK_WHY}")
+        elif self.process_peak is not None:
+            tr.write_line(
+                f"memline: real peak RSS of this process: {mib(self.process_peak)} {REAL_PEAK_WHY}"
             )
         for path in self.written:
             tr.write_line(f"memline: wrote {display(path)}")

@@ -133,7 +133,7 @@ class MemlinePlugin:
             self.measure.isolator = Isolator(self)
             config.pluginmanager.register(self.measure.isolator, "memline-isolate")
         if config.pluginmanager.hasplugin("xdist"):
-            config.pluginmanager.register(_XdistHooks(self.results.collected), "memline-xdist")
+            config.pluginmanager.register(_XdistHooks(self.results), "memline-xdist")
 
     def isolating(self, config: pytest.Config) -> bool:
         """``isolate = "fork"``, where there is fork and no debugger to step into the body."""
@@ -164,6 +164,11 @@ class MemlinePlugin:
         peak = "exact in-line peak" if probe["exact_peak"] else f"no exact peak: {probe['note']}"
         described = metric(s.metric).header.format(source=probe["reader"], peak=peak)
         lines = [f"memline: on (backend {backend}, {described})"]
+        if probe["exact_peak"]:
+            lines.append(
+                "memline: the kernel's peak RSS counter (VmHWM, ru_maxrss) is reset before traced "
+                "lines; the process's real peak is given at the end"
+            )
         if self.turned_on_by:
             lines.append(f"memline: tracing turned on by {self.turned_on_by} (as --memline)")
         limits = []
@@ -358,6 +363,27 @@ class MemlinePlugin:
 
     # -- end of run --------------------------------------------------------------------------
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        try:
+            return (yield)
+        finally:
+            self._record_process_peak()
+
+    def _record_process_peak(self) -> None:
+        """After the last test (and, under xdist, after the workers reported theirs): the real
+        peak RSS of the process whose counter memline reset, for the summary, JSON and JUnit."""
+        from pytest_memline import _memline
+
+        peak = _memline.process_peak() if self.probe["exact_peak"] else None
+        if self.is_worker:
+            if peak is not None:
+                self.config.workeroutput["memline_process_peak"] = peak  # type: ignore[attr-defined]
+            return
+        if not self.results.worker_peaks:
+            self.results.process_peak = peak
+        self._junit_process_peak()
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
@@ -366,6 +392,19 @@ class MemlinePlugin:
             if self.results.write_errors and session.exitstatus == pytest.ExitCode.OK:
                 # a gate job must not read a lost baseline or report as a pass
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _junit_process_peak(self) -> None:
+        """``--junitxml``: the run's real peak RSS as a test-suite property."""
+        peak = self.results.real_peak()
+        if peak is None:
+            return
+        try:
+            from _pytest.junitxml import xml_key
+        except ImportError:  # pytest moved it: the terminal and JSON still say it
+            return
+        xml = self.config.stash.get(xml_key, None)
+        if xml is not None:
+            xml.add_global_property("memline_process_peak", peak)
 
     def _warn_unmatched_rules(self, session: pytest.Session) -> None:
         from pytest_memline._settings import unmatched_rules
@@ -402,13 +441,18 @@ def _register_fork_handler(native: Any) -> None:
 
 class _XdistHooks:
     """Registered only when pytest-xdist is present: the controller learns the collected ids
-    from the workers (it collects nothing itself)."""
+    from the workers (it collects nothing itself), and each worker's real peak RSS."""
 
-    def __init__(self, collected: set[str]) -> None:
-        self.collected = collected
+    def __init__(self, results: Any) -> None:
+        self.results = results
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        self.collected.update(ids)
+        self.results.collected.update(ids)
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        peak = getattr(node, "workeroutput", {}).get("memline_process_peak")
+        if peak is not None:
+            self.results.worker_peaks[str(node.gateway.id)] = int(peak)
 
 
 def _python_at_least(major: int, minor: int) -> bool:

@@ -221,6 +221,15 @@ fn check_read_path(path: &str) -> PyResult<()> {
     }
 }
 
+/// The process's real peak RSS so far, in bytes (None without procfs). memline resets the
+/// kernel's counter (VmHWM, and so `ru_maxrss` and `/usr/bin/time`) before traced lines; this
+/// is what the counter would read without memline: its value now, the marks erased outside
+/// traced lines and the highs inside them.
+#[pyfunction]
+fn process_peak() -> Option<u64> {
+    crate::rss::process_peak()
+}
+
 /// Returns the free memory of glibc's heaps to the kernel (`malloc_trim(0)`, which also releases
 /// free pages in the middle of a heap). False where there is no glibc malloc.
 #[pyfunction]
@@ -250,6 +259,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
     m.add_function(wrap_pyfunction!(trim_malloc, m)?)?;
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
+    m.add_function(wrap_pyfunction!(process_peak, m)?)?;
     m.add_function(wrap_pyfunction!(check_write_path, m)?)?;
     m.add_function(wrap_pyfunction!(check_read_path, m)?)?;
     m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;

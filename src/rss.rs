@@ -18,6 +18,7 @@
 use std::fs::File;
 #[cfg(target_os = "linux")]
 use std::fs::OpenOptions;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which way of reading RSS the caller asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +159,7 @@ impl RssReader {
                 Ok(f) => {
                     reader.clear_refs = Some(f);
                     reader.open_status();
-                    if !reader.reset_peak() || reader.peak_since_reset().is_none() {
+                    if !reader.reset_peak_keeping_mark() || reader.peak_since_reset().is_none() {
                         reader.clear_refs = None;
                         reader.peak_unavailable = Some(
                             "/proc/self/clear_refs cannot reset the peak here; Peak falls back to Increment"
@@ -195,7 +196,7 @@ impl RssReader {
         {
             use std::sync::Mutex;
             static HELD: Mutex<usize> = Mutex::new(0);
-            self.reset_peak();
+            self.reset_peak_keeping_mark();
             let (Some(rss), Some(ru)) = (self.current(), self.maxrss()) else {
                 return;
             };
@@ -306,6 +307,19 @@ impl RssReader {
                 system.process(*pid).map(|p| p.memory())
             }
         }
+    }
+
+    /// `reset_peak`, first keeping the mark it erases in `MARKS_BEFORE_RESETS`: every reset
+    /// outside a traced line (the probe at open, the start of each trace) goes through here, so
+    /// that `process_peak` knows the process's real peak. (A reset inside a trace erases a mark
+    /// the trace has just read into its table.) One `/proc/self/status` read, once per trace.
+    pub fn reset_peak_keeping_mark(&mut self) -> bool {
+        if self.clear_refs.is_some() {
+            if let Some(hwm) = self.vm_hwm().or_else(status_vm_hwm) {
+                MARKS_BEFORE_RESETS.fetch_max(hwm, Ordering::Relaxed);
+            }
+        }
+        self.reset_peak()
     }
 
     /// Resets the kernel's peak RSS (VmHWM) to the current RSS. False when it failed.
@@ -454,6 +468,28 @@ fn open_clear_refs() -> Result<File, String> {
 #[cfg(not(target_os = "linux"))]
 fn open_clear_refs() -> Result<File, String> {
     Err("no /proc/self/clear_refs on this platform".into())
+}
+
+/// The highest mark `reset_peak_keeping_mark` erased (bytes; 0 before any).
+static MARKS_BEFORE_RESETS: AtomicU64 = AtomicU64::new(0);
+
+/// Records a high seen by a trace (its in-line peaks were erased by later resets).
+pub fn note_high(bytes: u64) {
+    MARKS_BEFORE_RESETS.fetch_max(bytes, Ordering::Relaxed);
+}
+
+/// `VmHWM` of this process now, read afresh (bytes).
+fn status_vm_hwm() -> Option<u64> {
+    let buf = std::fs::read("/proc/self/status").ok()?;
+    parse_status_kib(&buf, b"VmHWM:").map(|kib| kib * 1024)
+}
+
+/// The process's real peak RSS so far (bytes): its `VmHWM` now or the highest mark a reset
+/// outside a traced line erased, whichever is higher. (Highs inside traced lines are in the
+/// tables: with them, the run's peak.) `None` without procfs.
+pub fn process_peak() -> Option<u64> {
+    let now = status_vm_hwm()?;
+    Some(now.max(MARKS_BEFORE_RESETS.load(Ordering::Relaxed)))
 }
 
 /// The value (KiB) of the `/proc/self/status` field starting with `key` (e.g. `b"VmHWM:"`).

@@ -72,7 +72,7 @@ impl Meter for RssMeter {
     }
 
     fn begin(&mut self) -> Result<u64, String> {
-        self.reader.reset_peak();
+        self.reader.reset_peak_keeping_mark();
         self.reader
             .current()
             .ok_or_else(|| "memline: cannot read RSS".to_string())

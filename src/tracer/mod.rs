@@ -483,6 +483,14 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
         samples: s.recorder.samples,
         functions,
     };
+    if result.metric == "rss" && result.exact_peak {
+        // the trace's highest RSS: with the marks kept at resets, the process's real peak
+        crate::rss::note_high(
+            result
+                .start_rss
+                .saturating_add_signed(result.peak_growth.max(0)),
+        );
+    }
     let clean = s.error.is_none();
     let Session { meter, .. } = *s;
     meter.close(py, clean)?;
