@@ -314,7 +314,10 @@ impl RssReader {
     /// that `process_peak` knows the process's real peak. (A reset inside a trace erases a mark
     /// the trace has just read into its table.) One `/proc/self/status` read, once per trace.
     pub fn reset_peak_keeping_mark(&mut self) -> bool {
-        if self.clear_refs.is_some() {
+        // ru_maxrss (1 µs) is never below VmHWM: when it is not above the marks kept, neither
+        // is VmHWM, and the status read (10 µs) is skipped
+        let kept = MARKS_BEFORE_RESETS.load(Ordering::Relaxed);
+        if self.clear_refs.is_some() && self.maxrss().is_none_or(|ru| ru > kept) {
             if let Some(hwm) = self.vm_hwm().or_else(status_vm_hwm) {
                 MARKS_BEFORE_RESETS.fetch_max(hwm, Ordering::Relaxed);
             }
