@@ -122,6 +122,8 @@ KEYS: tuple[Key, ...] = (
         "(also: [tool.memline] enabled = true)."),
     Key("test_limit", "size", rule=True, marker="test"),
     Key("line_limit", "size", rule=True, marker="line"),
+    # per test only (a marker or a rule): `pytest --memline` itself is the run-wide switch
+    Key("trace", "bool", True, config=False, rule=True, marker="trace"),
     Key("tables", "choice", "failed", TABLES_CHOICES, option="--memline-tables",
         cli=_choices(TABLES_CHOICES),
         help="whose memory tables to show: failed (default), all or none."),

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 #: Per-item state: the limits resolved at setup, and what was measured and found.
 LIMITS_KEY = pytest.StashKey["TestLimits"]()
 OUTCOME_KEY = pytest.StashKey["TestOutcome"]()
+#: set when the test ran untraced on request (trace=False): where that was set
+UNTRACED_KEY = pytest.StashKey[str]()
 
 SECTION_TABLE = "memline: memory table"
 SECTION_DIFF = "memline: diff against the baseline"
@@ -149,6 +151,11 @@ class Measurer:
             return (yield)
         if self.isolator is not None and not self.isolator.in_child and calls_pyfunc_call(item):
             # isolate = "fork": the body is traced in the child (see _isolate)
+            return (yield)
+        limits = item.stash.get(LIMITS_KEY, None)
+        if limits is not None and not limits.trace:
+            # mem_limit(trace=False) or a rule's trace = false: run as without memline
+            item.stash[UNTRACED_KEY] = limits.trace_source
             return (yield)
         run = self.plan(item)
         threads_done = watch_threads()

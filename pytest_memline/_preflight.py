@@ -22,6 +22,7 @@ def mem_limit(
     tolerance: object = None,
     noise_floor: object = None,
     metric: object = None,
+    trace: object = None,
 ) -> None:
     """The ``mem_limit`` marker's signature: its arguments are bound to it (see
     ``_settings.parse_marker``); each keyword is the setting of ``_keys.MARKER_KEYS``."""
@@ -39,12 +40,14 @@ MARKER_DOC = (
     "any line's increment or peak exceeds `line` (sizes like '60MiB', '1.5 GiB', '512KiB' or an "
     "int of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('2MiB') set "
     "how much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
-    "measured."
+    "measured; `trace=False` runs the test untraced (for tests that check reference counts: see "
+    "the README)."
 )
 #: The accepted calls, for error messages.
 MARKER_USAGE = (
-    'mem_limit(test, *, line, tolerance, noise_floor, metric), e.g. mem_limit("60MiB"), '
-    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB") or mem_limit(tolerance="20%")'
+    'mem_limit(test, *, line, tolerance, noise_floor, metric, trace), e.g. mem_limit("60MiB"), '
+    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB"), mem_limit(tolerance="20%") or '
+    "mem_limit(trace=False)"
 )
 
 

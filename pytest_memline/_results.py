@@ -72,6 +72,8 @@ class RunResults:
     #: the real peak RSS of the process that ran the tests (memline resets the kernel's counter
     #: before traced lines: this is what it would read without memline), or of each xdist worker
     process_peak: int | None = None
+    #: tests run untraced on request (trace=False), with where that was set
+    untraced: list[tuple[str, str]] = field(default_factory=list)
     worker_peaks: dict[str, int] = field(default_factory=dict)
     #: the report files written, and one line per file that could not be (the run then fails)
     written: list[str] = field(default_factory=list)
@@ -201,6 +203,12 @@ class RunResults:
         if self.traced:
             tr.write_line(
                 f"memline: {count(self.traced, 'test')} traced, {len(self.over_budget)} over budget"
+            )
+        if self.untraced:
+            where = sorted({source for _, source in self.untraced})
+            tr.write_line(
+                f"memline: {count(len(self.untraced), 'test')} run untraced (trace=False, from "
+                f"{'; '.join(where)})"
             )
         if self.worker_peaks:
             each = ", ".join(f"{w} {mib(p)}" for w, p in sorted(self.worker_peaks.items()))

@@ -71,6 +71,7 @@ class Rule:
     line_limit: Limit | None = None
     tolerance: Tolerance | None = None
     noise_floor: Limit | None = None
+    trace: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class TestLimits:
     tolerance: Tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
     noise_floor: Limit = Limit(DEFAULT_NOISE_FLOOR, "default")
     metric: str = "rss"
+    #: False: the test runs untraced (``mem_limit(trace=False)``, a rule's ``trace = false``),
+    #: with where that was set
+    trace: bool = True
+    trace_source: str = ""
 
     __test__ = False  # not a test class, whatever its name
 
@@ -95,6 +100,7 @@ class MarkerLimits:
     tolerance: Tolerance | None = None
     noise_floor: Limit | None = None
     metric: str | None = None
+    trace: bool | None = None
 
 
 NO_RULE = Rule("")
@@ -142,12 +148,20 @@ class Settings:
             return self._defaults  # most tests: computed once per run
         rule = next((r for r in self.rules if fnmatch.fnmatchcase(nodeid, r.pattern)), NO_RULE)
         m = marker or NO_MARKER
+        if m.trace is not None:
+            trace, trace_source = m.trace, f"@pytest.mark.{MARKER}"
+        elif rule.trace is not None:
+            trace, trace_source = rule.trace, rule.source
+        else:
+            trace, trace_source = True, ""
         return TestLimits(
             test=m.test or rule.test_limit or self.test_limit,
             line=m.line or rule.line_limit or self.line_limit,
             tolerance=m.tolerance or rule.tolerance or self.tolerance,
             noise_floor=m.noise_floor or rule.noise_floor or self.noise_floor,
             metric=m.metric or self.metric,
+            trace=trace,
+            trace_source=trace_source,
         )
 
     @functools.cached_property
@@ -206,7 +220,9 @@ def resolve(
         source = f"{config_file} [[tool.memline.limits]] #{i} (match = {r['match']!r})"
         wrap: dict[str, Any] = {"size": Limit, "percent": Tolerance}
         fields: dict[str, Any] = {
-            k.name: None if r.get(k.name) is None else wrap[k.kind](r[k.name], source)
+            k.name: None
+            if r.get(k.name) is None
+            else wrap[k.kind](r[k.name], source) if k.kind in wrap else r[k.name]
             for k in RULE_KEYS
         }
         rules.append(Rule(pattern=r["match"], source=source, **fields))
@@ -415,6 +431,10 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
                     f"{nodeid}: {name}({keyword}={raw!r}): {exc}; expected a percentage such as "
                     f"'10%'"
                 ) from None
+        elif kind == "bool":
+            if not isinstance(raw, bool):
+                raise MarkerError(f"{nodeid}: {name}({keyword}={raw!r}): expected True or False")
+            out[keyword] = raw
         elif raw not in MARKER_KEYS[keyword].arg:  # a choice
             choices = " or ".join(repr(c) for c in MARKER_KEYS[keyword].arg)
             raise MarkerError(f"{nodeid}: {name}({keyword}={raw!r}): expected {choices}")

@@ -281,11 +281,15 @@ class MemlinePlugin:
         """Puts what was measured on the call's report: the table in its sections when it
         failed, and the payload that ``pytest_runtest_logreport`` reads."""
         from pytest_memline._gate import render_diff
-        from pytest_memline._measure import OUTCOME_KEY, SECTION_DIFF, SECTION_TABLE
+        from pytest_memline._measure import OUTCOME_KEY, SECTION_DIFF, SECTION_TABLE, UNTRACED_KEY
 
         outcome = item.stash.get(OUTCOME_KEY, None)
         if outcome is None:
+            if UNTRACED_KEY in item.stash:
+                report.memline = {"untraced": item.stash[UNTRACED_KEY]}  # type: ignore[attr-defined]
             return
+        if report.failed and _REFCOUNT_SENSITIVE and _looks_refcount_sensitive(report):
+            report.sections.append((SECTION_TRACING, REFCOUNT_HINT))
         # items live as long as the session: keep nothing on them (10,000 tests stay flat)
         del item.stash[OUTCOME_KEY]
         table = outcome.table
@@ -326,6 +330,9 @@ class MemlinePlugin:
         # the terminal reporter keeps every report until the end of the run: once read here,
         # the table data would only weigh on it (10,000 tests stay flat)
         del report.memline  # type: ignore[attr-defined]
+        if "untraced" in data:
+            self.results.untraced.append((report.nodeid, data["untraced"]))
+            return
         from pytest_memline._gate import Comparison
         from pytest_memline._results import TestResult
         from pytest_memline.table import MemoryTable
@@ -419,6 +426,26 @@ class MemlinePlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self.results.write_terminal(terminalreporter, isolated=self.measure.isolator is not None)
+
+
+#: Python 3.11: while a trace function is set, CPython calls a C type's method through a
+#: temporary bound method (for the profiler's C_CALL event), which holds one more reference to
+#: ``self``; code that checks reference counts (``ndarray.resize``) then fails. 3.12+ do not.
+_REFCOUNT_SENSITIVE = __import__("sys").version_info < (3, 12)
+_REFCOUNT_SIGNS = ("cannot resize an array that references or is referenced", "refcount")
+SECTION_TRACING = "memline: tracing"
+REFCOUNT_HINT = (
+    "This test may fail because it was traced: on Python 3.11, while a trace function is set, "
+    "each method call of a C type (ndarray.resize, for one) holds one more reference to its "
+    "object, so code that checks reference counts sees one more. Run it untraced with "
+    "@pytest.mark.mem_limit(trace=False) or trace = false in its [[tool.memline.limits]] "
+    "entry (README: \"Reference counts on Python 3.11\")."
+)
+
+
+def _looks_refcount_sensitive(report: pytest.TestReport) -> bool:
+    text = str(report.longrepr)
+    return any(sign in text for sign in _REFCOUNT_SIGNS)
 
 
 def _failed_by_memline(report: pytest.TestReport) -> bool:

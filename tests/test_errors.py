@@ -12,8 +12,9 @@ SIZE_FORMS = (
     "GiB, TiB (powers of 1024), e.g. '60MiB', '1.5 GiB', '512KiB'"
 )
 USAGE = (
-    'mem_limit(test, *, line, tolerance, noise_floor, metric), e.g. mem_limit("60MiB"), '
-    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB") or mem_limit(tolerance="20%")'
+    'mem_limit(test, *, line, tolerance, noise_floor, metric, trace), e.g. mem_limit("60MiB"), '
+    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB"), mem_limit(tolerance="20%") or '
+    "mem_limit(trace=False)"
 )
 
 BAD_MARKERS = """

@@ -31,7 +31,7 @@ def config(text: str) -> dict:
 def test_defaults_come_from_the_table(tmp_path: Path) -> None:
     s = resolve(options(), None, None, tmp_path, tmp_path)
     for key in _keys.KEYS:
-        if key.name in ("test_limit", "line_limit", "save", "compare", "json_report", "markdown_report", "enabled", "baseline"):
+        if key.name in ("test_limit", "line_limit", "save", "compare", "json_report", "markdown_report", "enabled", "baseline", "trace"):
             continue
         got = getattr(s, key.name)
         got = getattr(got, "value", got)  # a Limit or Tolerance
@@ -99,7 +99,9 @@ def test_marker_values() -> None:
     assert got.test.source == "@pytest.mark.mem_limit"
     assert parse_marker(None, "t") is None
     # every marker keyword is a setting of the table
-    assert set(_keys.MARKER_KEYS) == {"test", "line", "tolerance", "noise_floor", "metric"}
+    assert set(_keys.MARKER_KEYS) == {"test", "line", "tolerance", "noise_floor", "metric", "trace"}
+    got = parse_marker(mark(trace=False), "t")
+    assert got is not None and got.trace is False
 
 
 def test_a_rule_that_matches_no_test_is_named_with_the_closest_id(tmp_path: Path) -> None:
