@@ -304,10 +304,17 @@ def test_threads_are_noted_and_their_memory_is_counted(pytester: pytest.Pytester
             t = threading.Thread(target=lambda: bytearray(60 * 2**20))
             t.start(); t.join()
             b = bytearray(2**20)
+
+
+        def test_profile_hook_untouched():
+            import sys
+
+            # 3.12+: threads are noticed by an audit event; 3.11 needs a threading.setprofile hook
+            assert threading.getprofile() is None or sys.version_info < (3, 12)
         """
     )
     result = run(pytester, "--memline-tables=all")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     tests = traced(pytester)
     joined = tests["test_threads.py::test_joined_thread"]
     note = "the test started threads: RSS is per process, so their memory is in these numbers, but their lines are not traced"
