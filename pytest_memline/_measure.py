@@ -324,6 +324,11 @@ class Measurer:
         if not table.has_source and own is not None and limits.line is not None:
             # no source to show, but the lines were measured: the line budget still holds
             checked = dataclasses.replace(table, rows=tuple(own.lines))
+        if trace.interrupted_line is not None:
+            # after the tracer was removed, that line holds what the untraced lines used: it is
+            # not blamed for them (the test's own growth is still measured whole)
+            lost = trace.interrupted_line
+            checked = dataclasses.replace(checked, rows=tuple(r for r in checked.rows if r.lineno != lost))
         violations = check(checked, limits)
         comparison = self.gate.compare(item.nodeid, table, limits)
         marks = {v.lineno for v in violations if v.lineno is not None}

@@ -100,6 +100,11 @@ impl Recorder {
         }
     }
 
+    /// The line of function `func` that is running (opened, not yet closed), if any.
+    pub fn open_line(&self, func: usize) -> Option<u32> {
+        self.functions.get(func)?.open.as_ref().map(|o| o.line)
+    }
+
     pub fn add_function(&mut self, first_line: u32, n_lines_hint: usize) -> usize {
         self.functions
             .push(FunctionRecord::new(first_line, n_lines_hint));

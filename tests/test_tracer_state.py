@@ -121,3 +121,60 @@ def test_previous_state_restored(pytester: pytest.Pytester, backend: str) -> Non
     # interrupted inside a traced test: the tracer is gone by the time pytest reports it
     after = json.loads((pytester.path / "after_interrupt.json").read_text())
     assert after == {"gettrace": "None", "tools": {}}
+
+
+SAVE_RESTORE = """
+import sys
+
+
+def helper():
+    return 1
+
+
+def test_restore_only():
+    a = bytearray(5 * 2**20)
+    old = sys.gettrace()
+    sys.settrace(None)
+    sys.settrace(old)
+    b = bytearray(20 * 2**20)
+    assert a and b
+
+
+def test_restore_then_call():
+    a = bytearray(5 * 2**20)
+    old = sys.gettrace()
+    sys.settrace(None)
+    sys.settrace(old)
+    helper()
+    b = bytearray(20 * 2**20)
+    assert a and b
+"""
+
+
+def test_a_saved_and_restored_trace_function_is_said_and_blames_no_line(
+    pytester: pytest.Pytester,
+) -> None:
+    """`old = sys.gettrace(); sys.settrace(None); sys.settrace(old)` puts memline's handle
+    back behind a Python-level trampoline, which gets no line events of the running frame:
+    tracing comes back at the next call into Python code. The table says from which line, and
+    that line (which holds what the untraced lines used) is not judged by line budgets."""
+    pytester.makepyfile(test_sr=SAVE_RESTORE)
+    pytester.makepyprojecttoml('[tool.memline]\nline_limit = "10MiB"\n')
+    result = pytester.runpytest_subprocess(
+        "-p", "no:randomly", "--memline", "--memline-backend=settrace", "--memline-json=r.json"
+    )
+    # the 20 MiB line: untraced in the first test (charged to line 11, not judged); traced
+    # again after the call in the second (over the 10 MiB line limit)
+    result.assert_outcomes(passed=1, failed=1)
+    tests = json.loads((pytester.path / "r.json").read_text())["tests"]
+    only = tests["test_sr.py::test_restore_only"]["table"]
+    assert any("removed during the test at line 11" in n for n in only["notes"]), only["notes"]
+    rows = {r["line"]: r for r in only["lines"]}
+    assert rows[11]["peak"] >= 19 * 2**20  # sys.settrace(None): holds the untraced 20 MiB
+    assert rows[13]["increment"] is None  # the untraced line: blank, not a made-up number
+    then = tests["test_sr.py::test_restore_then_call"]
+    notes = then["table"]["notes"]
+    assert any("at line 20" in n and "came back at the next call" in n for n in notes), notes
+    assert then["violations"] and "line 23" in then["violations"][0]
+    b = {r["line"]: r for r in then["table"]["lines"]}[23]
+    assert b["increment"] == pytest.approx(20 * 2**20, abs=2 * 2**20)

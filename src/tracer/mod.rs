@@ -99,6 +99,13 @@ struct Session {
     prev_func: Option<ffi::Py_tracefunc>,
     prev_obj: Option<Py<PyAny>>,
     handle: Option<Py<PyAny>>,
+    /// The word of the thread state that holds the C trace function (settrace backend), to
+    /// tell at the end whether ours was still installed.
+    trace_slot: Option<usize>,
+    /// Set when our C function had been replaced by a Python-level trampoline around our
+    /// handle and was put back at a call event (see `TraceHandle::__call__`): the test's line
+    /// that was open then, whose numbers hold what the untraced lines used.
+    lost_at: Option<Option<u32>>,
     chain_note: Option<String>,
     /// monitoring: our tool id, and the thread being traced.
     tool_id: Option<u8>,
@@ -301,6 +308,8 @@ pub struct TraceResult {
     peak_note: Option<String>,
     /// Set when something else took over tracing before the trace ended.
     interrupted: Option<String>,
+    /// The test's line charged with the untraced lines' memory then (not judged by budgets).
+    interrupted_line: Option<u32>,
     /// A note on chaining to a previous tracer.
     chain_note: Option<String>,
     /// An error met inside a callback.
@@ -390,6 +399,8 @@ pub fn start(
         prev_func: None,
         prev_obj: None,
         handle: None,
+        trace_slot: None,
+        lost_at: None,
         chain_note: None,
         tool_id: None,
         thread: std::ptr::null_mut(),
@@ -427,12 +438,31 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
     let Some(mut s) = take_session() else {
         return Err(PyRuntimeError::new_err("memline: no trace is running"));
     };
+    // the test's own line that was running when tracing ended (if it ended early, the line
+    // where memline's trace function was removed)
+    let open_line = s.recorder.open_line(0);
+    let mut interrupted_line = None;
     let interrupted = match s.backend {
-        Backend::SetTrace => uninstall_settrace(py, &mut s).then(|| {
-            "another trace function (a debugger?) replaced memline's during the test; \
-             lines after that point are charged to the line that was running"
-                .to_string()
-        }),
+        Backend::SetTrace => {
+            let replaced = uninstall_settrace(py, &mut s);
+            let lost = if replaced { Some(open_line) } else { s.lost_at };
+            lost.map(|line| {
+                interrupted_line = line;
+                let at = line.map_or_else(String::new, |l| format!(" at line {l}"));
+                format!(
+                    "memline's trace function was removed during the test{at} (sys.settrace, a \
+                     debugger or another tracer) and {}: the lines in between are not traced, \
+                     their memory is charged to line {}, and that line is not judged by line \
+                     budgets",
+                    if replaced {
+                        "not put back as it was"
+                    } else {
+                        "came back at the next call into Python code"
+                    },
+                    line.map_or_else(|| "that was running".into(), |l| l.to_string())
+                )
+            })
+        }
         Backend::Monitoring => {
             uninstall_monitoring(py, &mut s)?;
             None
@@ -478,6 +508,7 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
         backend: s.backend.name(),
         peak_note: s.meter.peak_note(),
         interrupted,
+        interrupted_line,
         chain_note: s.chain_note.take(),
         error: s.error.map(str::to_string),
         samples: s.recorder.samples,

@@ -110,9 +110,50 @@ pub struct TraceHandle;
 
 #[pymethods]
 impl TraceHandle {
-    /// Called only if someone installs this handle as a Python-level tracer: do nothing.
-    #[pyo3(signature = (*_args))]
-    fn __call__(&self, _args: &Bound<'_, PyTuple>) {}
+    /// Called when someone installed this handle as a Python-level tracer: a test that saved
+    /// and restored the trace function (`old = sys.gettrace(); sys.settrace(None);
+    /// sys.settrace(old)`) put back memline's handle, not its C function. The C function goes
+    /// back in its place, and this event is handled as it would have been: tracing resumes at
+    /// this line (the line that restored it has no row of its own; its memory is charged to the
+    /// line before, the one that removed the tracer).
+    #[pyo3(signature = (*args))]
+    fn __call__(slf: &Bound<'_, Self>, args: &Bound<'_, PyTuple>) {
+        // SAFETY: GIL held (a pymethod).
+        if unsafe { session() }.is_none() || args.len() != 3 {
+            return;
+        }
+        let (Ok(frame), Ok(event), Ok(arg)) =
+            (args.get_item(0), args.get_item(1), args.get_item(2))
+        else {
+            return;
+        };
+        let what = match event.extract::<&str>() {
+            Ok("call") => ffi::PyTrace_CALL,
+            Ok("line") => ffi::PyTrace_LINE,
+            Ok("return") => ffi::PyTrace_RETURN,
+            Ok("exception") => ffi::PyTrace_EXCEPTION,
+            _ => return,
+        };
+        // SAFETY: GIL held (a pymethod); `frame` is checked to be a frame object, and it and
+        // `arg` are alive for the call; PyEval_SetTrace takes its own reference to the handle.
+        unsafe {
+            if ffi::PyFrame_Check(frame.as_ptr()) == 0 {
+                return;
+            }
+            ffi::PyEval_SetTrace(Some(trace_callback), slf.as_ptr());
+            if let Some(s) = session() {
+                if s.lost_at.is_none() {
+                    s.lost_at = Some(s.recorder.open_line(0));
+                }
+            }
+            trace_callback(
+                slf.as_ptr(),
+                frame.as_ptr() as *mut ffi::PyFrameObject,
+                what,
+                arg.as_ptr(),
+            );
+        }
+    }
 
     fn __repr__(&self) -> &'static str {
         "<pytest_memline tracer>"
@@ -138,6 +179,7 @@ pub(super) fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> 
             .find(|&i| after[i] == ours && after[i + 2] == handle.as_ptr() as usize);
         match slot {
             Some(i) if before[i] == 0 => {
+                s.trace_slot = Some(i);
                 // Alone on the thread: on 3.11 the test's callees can run untraced (unless the
                 // user turned that off to rule it out).
                 if std::env::var_os(TRACE_CALLEES_ENV).is_none_or(|v| v != "1") {
@@ -145,6 +187,7 @@ pub(super) fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> 
                 }
             }
             Some(i) if before[i + 2] == prev_obj_ptr as usize => {
+                s.trace_slot = Some(i);
                 s.prev_func = Some(std::mem::transmute::<usize, ffi::Py_tracefunc>(before[i]));
                 s.prev_obj = (!previous.is_none()).then(|| previous.clone().unbind());
             }
@@ -175,8 +218,16 @@ pub(super) fn uninstall_settrace(py: Python<'_>, s: &mut Session) -> bool {
         .and_then(|sys| sys.getattr("gettrace")?.call0())
         .map(|t| t.as_ptr())
         .unwrap_or(std::ptr::null_mut());
-    let ours = current == handle_ptr;
-    if ours || current == py.None().as_ptr() {
+    // ours: our handle is the trace object and our C function is still the one installed
+    // (`sys.settrace(sys.gettrace())` puts the handle back behind a Python-level trampoline)
+    let c_ours = s.trace_slot.is_none_or(|i| {
+        // SAFETY: GIL held; the slot index was found in this thread's state at install.
+        let words = unsafe { tstate_words() };
+        words[i] == trace_callback as ffi::Py_tracefunc as usize
+    });
+    let ours = current == handle_ptr && c_ours;
+    let handle_back = current == handle_ptr;
+    if handle_back || current == py.None().as_ptr() {
         let prev_obj = s
             .prev_obj
             .as_ref()
