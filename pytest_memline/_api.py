@@ -163,8 +163,11 @@ def _describe(obj: object) -> str:
 class _State:
     """One ``profile``-decorated function: its code, where it prints, the tables it keeps."""
 
-    def __init__(self, code: types.CodeType, name: str, stream: Writer | None, keep: int) -> None:
+    def __init__(
+        self, code: types.CodeType, name: str, stream: Writer | None, keep: int, precision: int = 1
+    ) -> None:
         self.code = code
+        self.precision = precision
         self.name = name
         self.stream = stream
         self.tables: deque[MemoryTable] = deque(maxlen=keep)
@@ -182,6 +185,8 @@ class _State:
 
     def deliver(self, table: MemoryTable, *, show: bool) -> None:
         calls, self.calls = max(self.calls, 1), 0
+        if self.precision != table.precision:
+            table = dataclasses.replace(table, precision=self.precision)
         titled = _with_calls(table, calls)
         self.tables.append(titled)
         if not show:
@@ -418,17 +423,31 @@ class Profiled(Protocol[P, R]):
 
 @overload
 def profile(
-    func: Callable[P, R], /, *, stream: Writer | None = STDOUT, keep: int = DEFAULT_KEEP
+    func: Callable[P, R],
+    /,
+    stream: Writer | None = STDOUT,
+    precision: int = 1,
+    backend: str | None = None,
+    *,
+    keep: int = DEFAULT_KEEP,
 ) -> Profiled[P, R]: ...
 @overload
 def profile(
-    func: None = None, /, *, stream: Writer | None = STDOUT, keep: int = DEFAULT_KEEP
+    func: None = None,
+    /,
+    stream: Writer | None = STDOUT,
+    precision: int = 1,
+    backend: str | None = None,
+    *,
+    keep: int = DEFAULT_KEEP,
 ) -> Callable[[Callable[P, R]], Profiled[P, R]]: ...
 def profile(
     func: Callable[P, R] | None = None,
     /,
-    *,
     stream: Writer | None = STDOUT,
+    precision: int = 1,
+    backend: str | None = None,
+    *,
     keep: int = DEFAULT_KEEP,
 ) -> Profiled[P, R] | Callable[[Callable[P, R]], Profiled[P, R]]:
     """Trace every call of the decorated function and print its memory table when it returns
@@ -446,6 +465,13 @@ def profile(
 
     ``keep``: how many tables (of the most recent calls) ``func.memline_tables`` holds.
 
+    memory_profiler's arguments are accepted, so that its scripts run unchanged:
+    ``@profile(precision=4)`` prints the sizes with 4 decimals (0 to 6); ``stream`` may be
+    given by position too (``profile(f, stream)``); ``backend`` may be memory_profiler's
+    ``"psutil"`` or ``"posix"`` (both RSS, which memline measures); its other backends
+    (``"tracemalloc"``, ``"psutil_pss"``, ``"psutil_uss"``) raise ``ValueError``, since the
+    table would not be what they promise.
+
     Nesting: profiled functions called while a profiled call runs are traced with it, and
     each prints its own table when the outermost profiled call returns. A call made while
     another memline trace runs (``pytest --memline`` tracing the calling test, say) runs
@@ -458,6 +484,13 @@ def profile(
     """
     if keep < 1:
         raise ValueError(f"profile(keep={keep!r}): keep at least 1 table")
+    if isinstance(precision, bool) or not isinstance(precision, int) or not 0 <= precision <= 6:
+        raise ValueError(f"profile(precision={precision!r}): a whole number of decimals, 0 to 6")
+    if backend not in (None, "psutil", "posix"):
+        raise ValueError(
+            f"profile(backend={backend!r}): memline measures RSS (memory_profiler's 'psutil' or "
+            "'posix'); for Python's own allocations run pytest --memline --memline-metric=heap"
+        )
 
     def decorate(f: Callable[P, R]) -> Profiled[P, R]:
         found = _function_of(f)
@@ -471,7 +504,7 @@ def profile(
                 f"profile: {name} is a generator or async function, which runs after the call "
                 "returns; profile the function that consumes it, or use tracing() around the loop"
             )
-        state = _State(code, name, stream, keep)
+        state = _State(code, name, stream, keep, precision)
         _registry[next(_ids)] = state
 
         @functools.wraps(f)

@@ -9,13 +9,13 @@ MIB = 1024 * 1024
 _UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
 
 
-def mib(value: int) -> str:
-    """Bytes as memory_profiler shows them: ``152.6 MiB``."""
-    return f"{value / MIB:.1f} MiB"
+def mib(value: int, digits: int = 1) -> str:
+    """Bytes as memory_profiler shows them: ``152.6 MiB`` (``digits``: its ``precision``)."""
+    return f"{value / MIB:.{digits}f} MiB"
 
 
-def signed_mib(value: int) -> str:
-    return f"{value / MIB:+.1f} MiB"
+def signed_mib(value: int, digits: int = 1) -> str:
+    return f"{value / MIB:+.{digits}f} MiB"
 
 
 def format_size(n: int) -> str:

@@ -33,16 +33,17 @@ PER_RUN_NOTE = (
 MAX_CONTENTS = 200
 
 
-def render_row(row: LineRow, marked: bool = False) -> str:
+def render_row(row: LineRow, marked: bool = False, precision: int = 1) -> str:
     """One row as tables and diffs show it (memory_profiler's layout plus Peak). Tabs become
     four spaces and control characters escapes (a source line cannot drive the terminal);
     contents longer than ``MAX_CONTENTS`` characters are cut with an ellipsis; ``marked`` (over
-    a budget, regressed): the row starts with ``>``."""
+    a budget, regressed): the row starts with ``>``; ``precision``: decimals of the sizes."""
     contents = printable(row.contents)
     if len(contents) > MAX_CONTENTS:
         contents = contents[: MAX_CONTENTS - 1] + "\u2026"
     if row.ran:
-        numbers = (mib(row.mem_usage or 0), mib(row.increment or 0), mib(row.peak or 0), str(row.occurrences))
+        p = precision
+        numbers = (mib(row.mem_usage or 0, p), mib(row.increment or 0, p), mib(row.peak or 0, p), str(row.occurrences))
     else:
         numbers = ("", "", "", "")
     text = _TEMPLATE.format(row.lineno, *numbers, contents).rstrip()
@@ -71,6 +72,8 @@ class MemoryTable:
     #: "test" (or a profiled function), or "included": a function of an ``include``d module that
     #: the test called (its lines are also charged to the test's calling line).
     role: str = "test"
+    #: decimals of the sizes when rendered (memory_profiler's ``precision``; not in to_dict)
+    precision: int = 1
 
     @property
     def lines(self) -> tuple[LineRow, ...]:
@@ -91,11 +94,13 @@ class MemoryTable:
         marks = frozenset(marked)
         return self if marks == self.marked else dataclasses.replace(self, marked=marks)
 
-    def render(self, *, header: bool = True) -> str:
+    def render(self, *, header: bool = True, precision: int | None = None) -> str:
         """The table as text, memory_profiler's layout plus a Peak column.
 
-        Rows of lines over a budget or regressed (``marked``) start with ``>``.
+        Rows of lines over a budget or regressed (``marked``) start with ``>``. ``precision``:
+        decimals of the sizes (default: the table's own, 1 unless ``profile(precision=...)``).
         """
+        p = self.precision if precision is None else precision
         out: list[str] = []
         if header:
             out.append(f"{self.title}  ({self.function} in {_display_path(self.filename)})")
@@ -103,13 +108,13 @@ class MemoryTable:
                 summary = (
                     f"{self.metric_label()}: included function called by the test; its lines "
                     f"are also charged to the test's calling line; highest in-line peak "
-                    f"{signed_mib(self.peak_growth)}"
+                    f"{signed_mib(self.peak_growth, p)}"
                 )
             else:
                 summary = (
-                    f"{self.metric_label()}: start {mib(self.start_rss)}, "
-                    f"peak growth {signed_mib(self.peak_growth)}, "
-                    f"end {signed_mib(self.end_rss - self.start_rss)}"
+                    f"{self.metric_label()}: start {mib(self.start_rss, p)}, "
+                    f"peak growth {signed_mib(self.peak_growth, p)}, "
+                    f"end {signed_mib(self.end_rss - self.start_rss, p)}"
                 )
             out.append(summary)
             out.extend(f"note: {n}" for n in self.notes)
@@ -120,7 +125,7 @@ class MemoryTable:
             return "\n".join(out).rstrip("\n")
         out.append(HEADER)
         out.append("=" * len(HEADER))
-        out.extend(render_row(r, r.lineno in self.marked) for r in self.rows)
+        out.extend(render_row(r, r.lineno in self.marked, p) for r in self.rows)
         return "\n".join(out)
 
     def metric_label(self) -> str:

@@ -446,3 +446,36 @@ def test_the_public_api_type_checks(pytester: pytest.Pytester) -> None:
             "Found 1 error in 1 file (checked 1 source file)",
         ]
     )
+
+
+def test_profile_takes_memory_profilers_arguments(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        script="""
+        import io
+        from pytest_memline import profile
+
+        out = io.StringIO()
+
+        @profile(stream=out, precision=3, backend="psutil")
+        def build():
+            a = bytearray(8 * 2**20)
+            return len(a)
+
+        build()
+        print(out.getvalue())
+        for bad in ({"precision": 9}, {"backend": "tracemalloc"}):
+            try:
+                profile(**bad)
+            except ValueError as exc:
+                print("error:", exc)
+        """
+    )
+    res = pytester.run(sys.executable, "script.py", timeout=60)
+    assert res.ret == 0, res.stderr.str()
+    out = res.stdout.str()
+    row = next(line for line in out.splitlines() if "a = bytearray(8 * 2**20)" in line)
+    numbers = re.findall(r"(-?\d+\.\d+) MiB", row)
+    assert len(numbers) == 3 and all(len(n.split(".")[1]) == 3 for n in numbers), row
+    assert float(numbers[1]) == pytest.approx(8, abs=1)
+    assert "error: profile(precision=9): a whole number of decimals, 0 to 6" in out
+    assert "error: profile(backend='tracemalloc'): memline measures RSS" in out

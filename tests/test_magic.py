@@ -226,3 +226,31 @@ def test_option_parsing(line: str, expected: tuple[list[str], bool, str]) -> Non
     from pytest_memline._magic import parse
 
     assert parse(line) == expected
+
+
+def test_memit_prints_peak_and_increment_as_memory_profiler(pytester: pytest.Pytester) -> None:
+    res = ipython(
+        pytester,
+        """
+        cell("keep = []")
+        cell("%memit keep.append(bytearray(40 * 2**20))")
+        cell("%memit -r 3 x = bytearray(100 * 2**20); del x")
+        cell("%%memit\\ny = bytearray(20 * 2**20)\\ndel y")
+        cell("%memit -r zero pass")
+        cell("%memit")
+        """,
+    )
+    assert res.ret == 0, res.stderr.str()
+    out = res.stdout.str()
+    found = re.findall(r"^peak memory: ([\d.]+) MiB, increment: ([\d.]+) MiB$", out, re.M)
+    assert len(found) == 3, out
+    increments = [float(inc) for _, inc in found]
+    # 40 MiB kept, 100 MiB transient (the highest of 3 runs), 20 MiB transient in a cell
+    assert increments[0] == pytest.approx(40, abs=2)
+    assert increments[1] == pytest.approx(100, abs=2)
+    assert increments[2] == pytest.approx(20, abs=2)
+    peaks = [float(p) for p, _ in found]
+    assert peaks[1] - increments[1] > 40  # an absolute RSS, above what the session holds
+    assert "-r needs a whole number of runs, 1 or more" in out + res.stderr.str()
+    assert "%memit needs a statement to run" in out + res.stderr.str()
+
