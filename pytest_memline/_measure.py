@@ -117,6 +117,9 @@ class Measurer:
         self.include_paths: list[str] = []
         #: the Isolator when isolate = "fork"
         self.isolator: Any = None
+        #: --junitxml is on: each test carries its peak growth as a property (kept on the item
+        #: and its reports for the whole run, about 130 bytes a test: only when it is read)
+        self.junit = False
         #: the item being traced (a nested pytest_pyfunc_call is left alone)
         self.tracing: pytest.Item | None = None
         # full garbage collections before each test, until the heap is large (see
@@ -174,7 +177,8 @@ class Measurer:
             outcome = self.evaluate(item, run, trace, threads_done())
             item.stash[OUTCOME_KEY] = outcome
             # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
-            item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
+            if self.junit:
+                item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
         comparison = outcome.comparison
         if comparison is not None and comparison.regressed and self.can_confirm(run):
             outcome = self.confirm(item, run, outcome, time.perf_counter() - began)
