@@ -444,7 +444,9 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
     let mut interrupted_line = None;
     let interrupted = match s.backend {
         Backend::SetTrace => {
-            let replaced = uninstall_settrace(py, &mut s);
+            // replaced while a traced function was still running: its later lines were missed
+            let running = !s.stack.is_empty();
+            let replaced = uninstall_settrace(py, &mut s) && running;
             let lost = if replaced { Some(open_line) } else { s.lost_at };
             lost.map(|line| {
                 interrupted_line = line;

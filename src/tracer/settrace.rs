@@ -142,7 +142,9 @@ impl TraceHandle {
             }
             ffi::PyEval_SetTrace(Some(trace_callback), slf.as_ptr());
             if let Some(s) = session() {
-                if s.lost_at.is_none() {
+                // lost only if a traced function was still running (a doctest runner puts the
+                // handle back this way after its examples have returned: nothing was missed)
+                if s.lost_at.is_none() && !s.stack.is_empty() {
                     s.lost_at = Some(s.recorder.open_line(0));
                 }
             }
