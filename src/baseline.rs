@@ -388,7 +388,7 @@ pub fn save(
                 "it holds the {:?} metric and this run measured {:?}",
                 existing.metric, header.metric
             );
-            report.backup = Some((backup(path)?, why));
+            report.backup = Some((files::backup(path)?, why));
             header.clone_header()
         }
         Ok((mut existing, version)) => {
@@ -405,7 +405,7 @@ pub fn save(
             return Err(format!("cannot save to {}: {why}", path.display()));
         }
         Err(LoadError::Corrupt(why)) => {
-            report.backup = Some((backup(path)?, why));
+            report.backup = Some((files::backup(path)?, why));
             header.clone_header()
         }
     };
@@ -429,7 +429,7 @@ pub fn save(
         };
         merged.tests.insert(id, entry);
     }
-    write_atomic(path, merged.to_text().as_bytes())?;
+    files::write_atomic(path, merged.to_text().as_bytes())?;
     Ok(report)
 }
 
@@ -437,15 +437,6 @@ impl Baseline {
     fn clone_header(&self) -> Baseline {
         Baseline::new(&self.metric, &self.python, &self.platform)
     }
-}
-
-fn backup(path: &Path) -> Result<PathBuf, String> {
-    files::backup(path)
-}
-
-/// Writes `data` to `path` atomically (see `files::write_atomic`).
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
-    files::write_atomic(path, data).map(|_| ())
 }
 
 #[cfg(test)]

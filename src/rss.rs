@@ -312,7 +312,8 @@ impl RssReader {
     /// `reset_peak`, first keeping the mark it erases in `MARKS_BEFORE_RESETS`: every reset
     /// outside a traced line (the probe at open, the start of each trace) goes through here, so
     /// that `process_peak` knows the process's real peak. (A reset inside a trace erases a mark
-    /// the trace has just read into its table.) One `/proc/self/status` read, once per trace.
+    /// the trace has just read into its table.) One `getrusage`, and a `/proc/self/status` read
+    /// only when `ru_maxrss` is above the marks kept.
     pub fn reset_peak_keeping_mark(&mut self) -> bool {
         // ru_maxrss (1 µs) is never below VmHWM: when it is not above the marks kept, neither
         // is VmHWM, and the status read (10 µs) is skipped
