@@ -190,3 +190,125 @@ def test_profilers_that_claim_the_profiler_id_work_inside_a_traced_test(pytester
     assert_mib(row(tests["test_prof.py::test_runctx"], "b = bytearray(4 * 2**20)")["increment"], 4)
     assert_mib(row(tests["test_prof.py::test_pure_python_profile"], "c = bytearray(3 * 2**20)")["increment"], 3)
     assert_mib(row(tests["test_prof.py::test_claims_the_profiler_id"], "d = bytearray(5 * 2**20)")["increment"], 5)
+
+
+HOLD_3_AND_4 = """
+import sys
+
+for tool_id, name in [(3, "line_profiler"), (4, "someone else")]:
+    sys.monitoring.use_tool_id(tool_id, name)
+"""
+
+
+def test_gives_the_profiler_id_up_when_it_holds_it_and_a_profiler_claims_it(pytester: pytest.Pytester) -> None:
+    """Ids 3 and 4 are held, so memline runs on 2; cProfile (which claims 2 when enabled) and a
+    direct use_tool_id(2) still succeed: memline gives the id up, stops tracing at that line,
+    and the table says so; the untraced allocation after it is not blamed on a line budget."""
+    pytester.makeconftest(HOLD_3_AND_4)
+    pytester.makepyfile(
+        test_prof="""
+        import cProfile
+        import sys
+
+        import pytest
+
+
+        def work():
+            return sum(range(1000))
+
+
+        def test_cprofile():
+            before = bytearray(3 * 2**20)
+            p = cProfile.Profile()
+            p.enable()
+            work()
+            p.disable()
+            after = bytearray(20 * 2**20)
+            assert p.getstats()
+
+
+        @pytest.mark.mem_limit(line="10MiB")
+        def test_claims_the_profiler_id():
+            m = sys.monitoring
+            before = bytearray(2 * 2**20)
+            m.use_tool_id(m.PROFILER_ID, "my-profiler")
+            try:
+                assert m.get_tool(m.PROFILER_ID) == "my-profiler"
+                after = bytearray(20 * 2**20)
+            finally:
+                m.free_tool_id(m.PROFILER_ID)
+
+
+        def test_next_test_is_traced_again():
+            # 3 and 4 are still held: memline runs on the profiler id again
+            assert sys.monitoring.get_tool(sys.monitoring.PROFILER_ID) == "pytest-memline"
+            c = bytearray(5 * 2**20)
+        """
+    )
+    result = run(pytester, "--memline-tables=all")
+    result.assert_outcomes(passed=3)
+    tests = traced(pytester)
+    cprof = tests["test_prof.py::test_cprofile"]
+    assert_mib(row(cprof, "before = bytearray(3 * 2**20)")["increment"], 3)
+    # not traced after the claim: the 20 MiB line has no row of its own
+    assert row(cprof, "after = bytearray(20 * 2**20)")["increment"] is None
+    claim = tests["test_prof.py::test_claims_the_profiler_id"]
+    assert_mib(row(claim, "before = bytearray(2 * 2**20)")["increment"], 2)
+    assert row(claim, "after = bytearray(20 * 2**20)")["increment"] is None
+    out = result.stdout.str()
+    assert "'cProfile' claimed sys.monitoring tool id 2, which memline held, during the test at line 14" in out
+    assert "'my-profiler' claimed sys.monitoring tool id 2" in out
+    # the next test gets id 2 again and is traced in full
+    assert_mib(row(tests["test_prof.py::test_next_test_is_traced_again"], "c = bytearray(5 * 2**20)")["increment"], 5)
+    assert "Another profiling tool is already active" not in out
+
+
+def test_moves_to_another_free_id_when_a_tool_claims_its_own(pytester: pytest.Pytester) -> None:
+    """memline holds 3; a test claims 3 for itself: the claim succeeds, memline moves to 4 and
+    the rest of the test is traced exactly, with no note."""
+    pytester.makepyfile(
+        test_move="""
+        import sys
+
+        import pytest
+
+
+        def callee():
+            return bytearray(4 * 2**20)
+
+
+        def test_claims_id_3():
+            m = sys.monitoring
+            a = bytearray(3 * 2**20)
+            m.use_tool_id(3, "mine")
+            try:
+                assert m.get_tool(3) == "mine"
+                assert m.get_tool(4) == "pytest-memline"
+                b = bytearray(7 * 2**20)
+                c = callee()
+            finally:
+                m.free_tool_id(3)
+
+
+        def test_after():
+            # memline is back on its first id, and 4 was freed
+            assert sys.monitoring.get_tool(3) == "pytest-memline"
+            assert sys.monitoring.get_tool(4) is None
+            d = bytearray(2 * 2**20)
+
+
+        @pytest.mark.mem_limit(trace=False)
+        def test_untraced_sees_the_builtin_use_tool_id():
+            # between traces the stand-in is gone and no id is held
+            assert sys.monitoring.use_tool_id.__module__ != "pytest_memline._memline"
+            assert [sys.monitoring.get_tool(i) for i in (2, 3, 4)] == [None, None, None]
+        """
+    )
+    result = run(pytester, "--memline-tables=all")
+    result.assert_outcomes(passed=3)
+    test = traced(pytester)["test_move.py::test_claims_id_3"]
+    assert_mib(row(test, "a = bytearray(3 * 2**20)")["increment"], 3)
+    assert_mib(row(test, "b = bytearray(7 * 2**20)")["increment"], 7)
+    assert_mib(row(test, "c = callee()")["increment"], 4)
+    assert "claimed sys.monitoring tool id" not in result.stdout.str()
+    assert_mib(row(traced(pytester)["test_move.py::test_after"], "d = bytearray(2 * 2**20)")["increment"], 2)

@@ -107,6 +107,9 @@ struct Session {
     /// that was open then, whose numbers hold what the untraced lines used.
     lost_at: Option<Option<u32>>,
     chain_note: Option<String>,
+    /// monitoring: why memline gave its tool id up mid-test and stopped tracing (the line is
+    /// in `lost_at`).
+    gave_way: Option<String>,
     /// monitoring: our tool id, and the thread being traced.
     tool_id: Option<u8>,
     thread: *mut ffi::PyThreadState,
@@ -402,6 +405,7 @@ pub fn start(
         trace_slot: None,
         lost_at: None,
         chain_note: None,
+        gave_way: None,
         tool_id: None,
         thread: std::ptr::null_mut(),
         error: None,
@@ -467,7 +471,8 @@ pub fn stop(py: Python<'_>) -> PyResult<TraceResult> {
         }
         Backend::Monitoring => {
             uninstall_monitoring(py, &mut s)?;
-            None
+            interrupted_line = s.lost_at.flatten();
+            s.gave_way.take()
         }
     };
     // When every traced function has returned (its last line closed at that moment), the trace

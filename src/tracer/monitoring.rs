@@ -181,17 +181,12 @@ fn _mon_yield(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Boun
     })
 }
 
+/// `sys.monitoring.use_tool_id` as it was before memline's stand-in replaced it for the trace.
+static ORIGINAL_USE_TOOL_ID: GilCell<Option<Py<PyAny>>> = GilCell(UnsafeCell::new(None));
+
 pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
     let mon = py.import("sys")?.getattr("monitoring")?;
-    let mut tool = None;
-    for id in TOOL_IDS {
-        if mon.call_method1("get_tool", (id,))?.is_none() {
-            mon.call_method1("use_tool_id", (id, TOOL_NAME))?;
-            tool = Some(id);
-            break;
-        }
-    }
-    let Some(id) = tool else {
+    let Some(id) = free_tool_id(&mon, None)? else {
         let mut held = Vec::new();
         for id in TOOL_IDS {
             let name = mon.call_method1("get_tool", (id,))?;
@@ -203,9 +198,36 @@ pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()
             held.join(", ")
         )));
     };
-    s.tool_id = Some(id);
     // SAFETY: GIL held.
     s.thread = unsafe { ffi::PyThreadState_Get() };
+    claim(py, &mon, s, id)?;
+    // A tool that claims our id while the test runs (cProfile enabling itself takes the
+    // profiler's id, 2) goes through `use_tool_id`; our stand-in gives the id up first.
+    let m = py.import("pytest_memline._memline")?;
+    let original = mon.getattr("use_tool_id")?;
+    let ours = m.getattr("_mon_use_tool_id")?;
+    if !original.is(&ours) {
+        // SAFETY: GIL held; no other reference to the cell is alive.
+        unsafe { *ORIGINAL_USE_TOOL_ID.0.get() = Some(original.unbind()) };
+        mon.setattr("use_tool_id", ours)?;
+    }
+    Ok(())
+}
+
+/// The first of our tool ids that nobody holds, other than `except`.
+fn free_tool_id(mon: &Bound<'_, PyAny>, except: Option<u8>) -> PyResult<Option<u8>> {
+    for id in TOOL_IDS {
+        if Some(id) != except && mon.call_method1("get_tool", (id,))?.is_none() {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// Takes tool id `id` (free) and turns our events on under it.
+fn claim(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
+    use_tool_id_below_ours(py, mon)?.call1((id, TOOL_NAME))?;
+    s.tool_id = Some(id);
     let m = py.import("pytest_memline._memline")?;
     let register = |event: u32, name: &str| -> PyResult<()> {
         mon.call_method1("register_callback", (id, event, m.getattr(name)?))?;
@@ -231,21 +253,98 @@ pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()
     for code in &s.codes {
         mon.call_method1("set_local_events", (id, code.bind(py), LOCAL_EVENTS))?;
     }
+    if !s.include.is_empty() {
+        // included functions found so far
+        for (code, func) in s.seen.values() {
+            if func.is_some() {
+                mon.call_method1("set_local_events", (id, code.bind(py), LOCAL_EVENTS))?;
+            }
+        }
+    }
     Ok(())
 }
 
-pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
-    let Some(id) = s.tool_id.take() else {
-        return Ok(());
-    };
-    let mon = py.import("sys")?.getattr("monitoring")?;
-    // Do not touch a tool id that someone else has taken over meanwhile.
-    let owner = mon.call_method1("get_tool", (id,))?;
-    if owner.is_none() || owner.extract::<String>().ok().as_deref() != Some(TOOL_NAME) {
-        return Ok(());
+/// `use_tool_id` as it was before our stand-in replaced it (the builtin, unless another tool
+/// had replaced it first), or the current one before the stand-in is installed.
+fn use_tool_id_below_ours<'py>(
+    py: Python<'py>,
+    mon: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; the reference is cloned at once.
+    match unsafe { &*ORIGINAL_USE_TOOL_ID.0.get() } {
+        Some(f) => Ok(f.clone_ref(py).into_bound(py)),
+        None => mon.getattr("use_tool_id"),
     }
+}
+
+/// Stands in for `sys.monitoring.use_tool_id` while a trace runs: a tool that claims the id
+/// memline holds gets it, and memline moves to another free id of its own (tracing goes on,
+/// exact) or, when none is free, stops tracing at the line that claimed it (the table says so).
+#[pyfunction]
+#[pyo3(signature = (tool_id, name, /))]
+fn _mon_use_tool_id<'py>(
+    py: Python<'py>,
+    tool_id: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    let id = tool_id.extract::<u8>().ok();
+    // SAFETY: GIL held; the session is not kept across the call of the original below.
+    if let (Some(s), Some(id)) = (unsafe { session() }, id) {
+        if s.backend == Backend::Monitoring
+            && s.tool_id == Some(id)
+            && give_way(py, &mon, s, id, name).is_err()
+        {
+            s.error
+                .get_or_insert("could not give up the sys.monitoring tool id a tool claimed");
+        }
+    }
+    use_tool_id_below_ours(py, &mon)?.call1((tool_id, name))
+}
+
+/// Gives tool id `id` up to a claimer named `claimer`: moves to another free id, or stops.
+fn give_way(
+    py: Python<'_>,
+    mon: &Bound<'_, PyAny>,
+    s: &mut Session,
+    id: u8,
+    claimer: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    release(py, mon, s, id)?;
+    if let Some(next) = free_tool_id(mon, Some(id))? {
+        return claim(py, mon, s, next);
+    }
+    let line = s.recorder.open_line(0);
+    if s.lost_at.is_none() && !s.stack.is_empty() {
+        s.lost_at = Some(line);
+    }
+    let who = claimer
+        .repr()
+        .map_or_else(|_| "another tool".to_string(), |r| r.to_string());
+    let at = line.map_or_else(String::new, |l| format!(" at line {l}"));
+    let charged = line.map_or_else(
+        || "the line that was running".into(),
+        |l| format!("line {l}"),
+    );
+    s.gave_way.get_or_insert(format!(
+        "{who} claimed sys.monitoring tool id {id}, which memline held, during the test{at}, \
+         and no other id was free (memline takes 3, 4 or 2): memline gave it up and stopped \
+         tracing there; the lines after it are not traced, their memory is charged to \
+         {charged}, and that line is not judged by line budgets"
+    ));
+    Ok(())
+}
+
+/// Turns our events off under `id` and frees it.
+fn release(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
+    s.tool_id = None;
     for code in &s.codes {
         mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+    }
+    for (code, func) in s.seen.values() {
+        if func.is_some() {
+            mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+        }
     }
     mon.call_method1("set_events", (id, 0))?;
     for event in [
@@ -268,11 +367,35 @@ pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<
     Ok(())
 }
 
+pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    // Put `use_tool_id` back, unless someone replaced our stand-in meanwhile.
+    let ours = py
+        .import("pytest_memline._memline")?
+        .getattr("_mon_use_tool_id")?;
+    if mon.getattr("use_tool_id")?.is(&ours) {
+        // SAFETY: GIL held; no other reference to the cell is alive.
+        if let Some(original) = unsafe { (*ORIGINAL_USE_TOOL_ID.0.get()).take() } {
+            mon.setattr("use_tool_id", original)?;
+        }
+    }
+    let Some(id) = s.tool_id.take() else {
+        return Ok(());
+    };
+    // Do not touch a tool id that someone else has taken over meanwhile.
+    let owner = mon.call_method1("get_tool", (id,))?;
+    if owner.is_none() || owner.extract::<String>().ok().as_deref() != Some(TOOL_NAME) {
+        return Ok(());
+    }
+    release(py, &mon, s, id)
+}
+
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("_mon_line", mon_line_function(m)?)?;
     m.add_function(wrap_pyfunction!(_mon_start, m)?)?;
     m.add_function(wrap_pyfunction!(_mon_resume, m)?)?;
     m.add_function(wrap_pyfunction!(_mon_return, m)?)?;
     m.add_function(wrap_pyfunction!(_mon_yield, m)?)?;
+    m.add_function(wrap_pyfunction!(_mon_use_tool_id, m)?)?;
     Ok(())
 }
