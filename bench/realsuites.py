@@ -9,6 +9,10 @@ the outcome counts (which must be the same in every mode).
     python bench/realsuites.py [--repeat 3] [--suite pandas.tests.reshape] [--suite ...]
         [--modes plain,memline,fork]
 
+A suite is a module for ``--pyargs``, several joined with ``+``, or a preset (``numpy-core``:
+numpy's test_umath, test_numeric and test_regression, 6,900 tiny tests). "per test" is the
+fixed cost: (median CPU - plain's median CPU) / tests run.
+
 Needs the packages installed (``pip install pandas scikit-learn``). CPU time, not wall time:
 the machine is shared.
 """
@@ -25,6 +29,12 @@ import sys
 import tempfile
 
 SUITES = ["pandas.tests.reshape", "sklearn.preprocessing"]
+# named sets of modules (a suite may also be several modules joined with "+")
+PRESETS = {
+    # thousands of tiny tests in a 150-200 MiB process: the per-test fixed cost decides here
+    "numpy-core": "numpy._core.tests.test_umath+numpy._core.tests.test_numeric"
+    "+numpy._core.tests.test_regression",
+}
 MODES = {
     "plain": ["-p", "no:memline"],
     "memline": ["--memline"],
@@ -32,13 +42,18 @@ MODES = {
 }
 
 
+# BLAS and OpenMP worker threads spin-wait between calls and make CPU time noisy (numpy's suite
+# moved by 30% from run to run): one thread in every mode
+ONE_THREAD = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def run(suite: str, args: list[str]) -> tuple[float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory() as cwd:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-             "--pyargs", suite, *args],
-            cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"),
+             "--pyargs", *PRESETS.get(suite, suite).split("+"), *args],
+            cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0", **ONE_THREAD),
         )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -47,12 +62,24 @@ def run(suite: str, args: list[str]) -> tuple[float, str]:
     return cpu, counts
 
 
+def test_count(counts: str) -> int:
+    """Tests run, from pytest's last line ("6855 passed, 61 skipped, 1 xfailed")."""
+    return sum(int(n) for n in re.findall(r"(\d+) (?:passed|failed|skipped|xfailed|xpassed|error)", counts))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--suite", action="append", default=None)
     p.add_argument("--modes", default="plain,memline,fork")
+    p.add_argument("--mode", action="append", default=[], metavar="NAME=ARGS",
+                   help='an extra mode, e.g. --mode "nopeak=--memline --memline-peak=off" (add NAME to --modes)')
     opts = p.parse_args()
+    for spec in opts.mode:
+        name, sep, args = spec.partition("=")
+        if not sep or not name:
+            p.error(f"--mode {spec!r}: expected NAME=ARGS")
+        MODES[name] = args.split()
     modes = [m for m in opts.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -73,15 +100,17 @@ def main() -> int:
         for mode in modes:
             med = statistics.median(times[mode])
             ratio = f"{med / plain:.2f}x" if plain else ""
-            rows.append((suite, mode, med, min(times[mode]), max(times[mode]), ratio, " / ".join(sorted(outcomes[mode]))))
+            tests = max(test_count(o) for o in outcomes[mode])
+            per_test = f"{1000 * (med - plain) / tests:.2f} ms" if plain and tests and mode != "plain" else ""
+            rows.append((suite, mode, med, min(times[mode]), max(times[mode]), ratio, per_test, " / ".join(sorted(outcomes[mode]))))
         first = outcomes[modes[0]]
         same = same and all(outcomes[m] == first for m in modes)
     print()
     print(f"python {sys.version.split()[0]}, {opts.repeat} interleaved runs, CPU = user + sys")
-    print("| suite | mode | median CPU | range | ratio | outcomes |")
-    print("| --- | --- | ---: | --- | ---: | --- |")
-    for suite, mode, med, lo, hi, ratio, outs in rows:
-        print(f"| {suite} | {mode} | {med:.1f} s | {lo:.1f}-{hi:.1f} s | {ratio} | {outs} |")
+    print("| suite | mode | median CPU | range | ratio | per test | outcomes |")
+    print("| --- | --- | ---: | --- | ---: | ---: | --- |")
+    for suite, mode, med, lo, hi, ratio, per_test, outs in rows:
+        print(f"| {suite} | {mode} | {med:.1f} s | {lo:.1f}-{hi:.1f} s | {ratio} | {per_test} | {outs} |")
     print("outcomes identical in every mode" if same else "OUTCOMES DIFFER between modes")
     return 0 if same else 1
 

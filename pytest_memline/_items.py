@@ -22,23 +22,12 @@ def _thread_idents() -> set[int]:
     return {t.ident for t in threading.enumerate() if t.ident is not None}
 
 
-_AUDITING: list[bool] = []
-#: threads started in this process since memline's audit hook was added (3.12+)
-_THREAD_STARTS = [0]
-_THREAD_EVENTS = ("_thread.start_new_thread", "_thread.start_joinable_thread")
-
-
-def _count_thread_starts(event: str, args: Any) -> None:
-    if event in _THREAD_EVENTS:
-        _THREAD_STARTS[0] += 1
-
-
 def watch_threads() -> Any:
     """Starts watching for threads the test starts; the returned function stops watching and
     says whether any did. Threads still alive at the end are found by their idents; threads
     that started and finished within the test, on 3.12+, by the interpreter's audit event for
-    a thread start (an audit hook added once, which counts them: nothing the test can see
-    changes), and on 3.11, which has no such event, by a one-shot ``threading.setprofile`` hook,
+    a thread start (a C audit hook added once, which counts them: nothing the test can see
+    changes, and the process's other audited events cost no Python call), and on 3.11, which has no such event, by a one-shot ``threading.setprofile`` hook,
     chained to the hook that was set before (the new thread gets that one back at once;
     ``threading.getprofile()`` inside the test returns memline's hook there)."""
     import sys
@@ -46,11 +35,10 @@ def watch_threads() -> Any:
 
     before = _thread_idents()
     if sys.version_info >= (3, 12):
-        if not _AUDITING:
-            sys.addaudithook(_count_thread_starts)  # cannot be removed: added once
-            _AUDITING.append(True)
-        starts = _THREAD_STARTS[0]
-        return lambda: _THREAD_STARTS[0] != starts or bool(_thread_idents() - before)
+        from pytest_memline._memline import thread_starts
+
+        starts = thread_starts()
+        return lambda: thread_starts() != starts or bool(_thread_idents() - before)
     started: list[bool] = []
     previous = threading.getprofile()
 

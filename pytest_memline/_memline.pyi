@@ -19,6 +19,9 @@ __all__ = [
     "_mon_resume",
     "_mon_return",
     "_mon_yield",
+    "_mon_use_tool_id",
+    "hold_tool_id",
+    "thread_starts",
     "probe_reader",
     "parse_size",
     "parse_percent",
@@ -144,10 +147,18 @@ def start(
 def stop() -> TraceResult: ...
 def is_tracing() -> bool: ...
 def abandon() -> None: ...
+def _mon_use_tool_id(tool_id: object, name: object, /) -> Any:
+    """Stands in for ``sys.monitoring.use_tool_id`` while memline holds an id."""
+
+def hold_tool_id(keep: bool) -> None:
+    """True: the sys.monitoring tool id stays held between traces (only PY_UNWIND on); False:
+    free it (now, or when the running trace stops) and take it per trace again."""
 def _callees_untraced() -> bool:
     """Whether the running trace's callees run untraced (3.11, settrace, memline alone)."""
 def probe_reader(reader: str = "auto", peak: bool = True) -> ReaderProbe: ...
 def trim_malloc() -> bool: ...
+def thread_starts() -> int:
+    """Threads started in this process since the first call (a C audit hook counts them)."""
 def write_file(path: str, text: str) -> str: ...
 def process_peak() -> int | None: ...
 def check_write_path(path: str) -> None: ...

@@ -374,9 +374,13 @@ class MemlinePlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        # 3.12+: one sys.monitoring tool id for all the tests, not one per test (taking and
+        # freeing it makes every code object re-instrument itself: bench/fixedcost.py)
+        self.native.hold_tool_id(True)
         try:
             return (yield)
         finally:
+            self.native.hold_tool_id(False)
             self._record_process_peak()
 
     def _record_process_peak(self) -> None:

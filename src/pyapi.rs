@@ -1,6 +1,10 @@
 //! Thin Python bindings of the pure-Rust helpers (sizes, config).
 
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -246,6 +250,52 @@ fn trim_malloc() -> bool {
     }
 }
 
+/// Thread starts seen by memline's audit hook (`_thread.start_new_thread` and, 3.13+,
+/// `_thread.start_joinable_thread`).
+static THREAD_STARTS: AtomicU64 = AtomicU64::new(0);
+static AUDITING: AtomicBool = AtomicBool::new(false);
+
+type AuditHook = unsafe extern "C" fn(*const c_char, *mut ffi::PyObject, *mut c_void) -> c_int;
+
+extern "C" {
+    fn PySys_AddAuditHook(hook: AuditHook, user_data: *mut c_void) -> c_int;
+}
+
+/// Counts thread starts. A C hook: CPython calls every audit hook on every audited event of
+/// the process (`open`, `compile`, `sys._getframe`, imports...), and a Python hook costs a
+/// Python call on each (0.13 million instructions a test on numpy's suite, bench/fixedcost.py);
+/// this one compares a byte or two. No allocation, never raises.
+unsafe extern "C" fn count_thread_start(
+    event: *const c_char,
+    _args: *mut ffi::PyObject,
+    _user_data: *mut c_void,
+) -> c_int {
+    // SAFETY: CPython passes a NUL-terminated event name.
+    if !event.is_null() && unsafe { *event } == b'_' as c_char {
+        let name = unsafe { CStr::from_ptr(event) }.to_bytes();
+        if name == b"_thread.start_new_thread" || name == b"_thread.start_joinable_thread" {
+            THREAD_STARTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    0
+}
+
+/// How many threads this process has started since memline first asked (the first call adds
+/// the audit hook that counts them; hooks cannot be removed, so it is added once).
+#[pyfunction]
+fn thread_starts() -> PyResult<u64> {
+    if !AUDITING.swap(true, Ordering::Relaxed) {
+        // SAFETY: the hook is a plain function that lives as long as the process.
+        if unsafe { PySys_AddAuditHook(count_thread_start, std::ptr::null_mut()) } != 0 {
+            AUDITING.store(false, Ordering::Relaxed);
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "memline: could not add the audit hook that counts thread starts",
+            ));
+        }
+    }
+    Ok(THREAD_STARTS.load(Ordering::Relaxed))
+}
+
 /// In a forked child: maps the file-backed pages the parent has mapped (see `prefault.rs`), so
 /// that the child's RSS starts where the parent's was and its code does not fault in again.
 /// How many pages, or None when that cannot be done here.
@@ -258,6 +308,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_prefault_like_parent, m)?)?;
     m.add_function(wrap_pyfunction!(probe_reader, m)?)?;
     m.add_function(wrap_pyfunction!(trim_malloc, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_starts, m)?)?;
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(process_peak, m)?)?;
     m.add_function(wrap_pyfunction!(check_write_path, m)?)?;

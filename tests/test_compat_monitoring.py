@@ -55,8 +55,8 @@ def test_all_ids_taken_is_one_clear_error_per_test(pytester: pytest.Pytester) ->
 
 def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest.Pytester) -> None:
     """Another tool holds id 3 with its own callback and events: memline uses 4; the other
-    tool keeps its callback, its events and its event stream; after each test no event or
-    callback of memline's remains."""
+    tool keeps its callback, its events and its event stream; between tests memline keeps id 4
+    with PY_UNWIND alone and no events on the test's code."""
     pytester.makeconftest(
         """
         import sys
@@ -95,13 +95,16 @@ def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest
             for event in (m.events.LINE, m.events.PY_START):
                 previous = m.register_callback(3, event, other_line)
                 assert previous is other_line
-            for tool_id in (4, 2):
-                assert m.get_tool(tool_id) is None
-                assert m.get_events(tool_id) == 0
-                assert m.get_local_events(tool_id, code) == 0
-                for event in (m.events.LINE, m.events.PY_START, m.events.PY_RESUME,
-                              m.events.PY_RETURN, m.events.PY_YIELD, m.events.PY_UNWIND):
-                    assert m.register_callback(tool_id, event, None) is None
+            # memline keeps id 4 between tests: PY_UNWIND alone, nothing on the test's code
+            assert m.get_tool(4) == "pytest-memline"
+            assert m.get_events(4) == m.events.PY_UNWIND
+            assert m.get_local_events(4, code) == 0
+            assert m.get_tool(2) is None
+            assert m.get_events(2) == 0
+            assert m.get_local_events(2, code) == 0
+            for event in (m.events.LINE, m.events.PY_START, m.events.PY_RESUME,
+                          m.events.PY_RETURN, m.events.PY_YIELD, m.events.PY_UNWIND):
+                assert m.register_callback(2, event, None) is None
             before = len(SEEN)
             watched()
             assert len(SEEN) > before  # the other tool still gets its events
@@ -291,24 +294,48 @@ def test_moves_to_another_free_id_when_a_tool_claims_its_own(pytester: pytest.Py
 
 
         def test_after():
-            # memline is back on its first id, and 4 was freed
-            assert sys.monitoring.get_tool(3) == "pytest-memline"
-            assert sys.monitoring.get_tool(4) is None
+            # memline keeps the id it moved to for the rest of the run; the test freed 3
+            assert sys.monitoring.get_tool(4) == "pytest-memline"
+            assert sys.monitoring.get_tool(3) is None
             d = bytearray(2 * 2**20)
 
 
         @pytest.mark.mem_limit(trace=False)
-        def test_untraced_sees_the_builtin_use_tool_id():
-            # between traces the stand-in is gone and no id is held
-            assert sys.monitoring.use_tool_id.__module__ != "pytest_memline._memline"
-            assert [sys.monitoring.get_tool(i) for i in (2, 3, 4)] == [None, None, None]
+        def test_untraced_can_claim_memlines_id():
+            m = sys.monitoring
+            # between traces memline holds its id with PY_UNWIND alone, no events on this code
+            assert m.get_tool(4) == "pytest-memline"
+            assert m.get_events(4) == m.events.PY_UNWIND
+            assert m.get_local_events(4, test_untraced_can_claim_memlines_id.__code__) == 0
+            m.use_tool_id(4, "between")  # memline lets it go
+            assert m.get_tool(4) == "between"
+            assert m.get_events(4) == 0
+            m.free_tool_id(4)
+
+
+        def test_traced_again():
+            assert sys.monitoring.get_tool(3) == "pytest-memline"
+            e = bytearray(6 * 2**20)
         """
     )
-    result = run(pytester, "--memline-tables=all")
-    result.assert_outcomes(passed=3)
+    pytester.makeconftest(
+        """
+        import sys
+
+
+        def pytest_sessionfinish(session):
+            # after the tests memline holds nothing and use_tool_id is the builtin again
+            m = sys.monitoring
+            print("AFTER", [m.get_tool(i) for i in range(6)], m.use_tool_id.__module__)
+        """
+    )
+    result = run(pytester, "--memline-tables=all", "-s")
+    result.assert_outcomes(passed=4)
     test = traced(pytester)["test_move.py::test_claims_id_3"]
     assert_mib(row(test, "a = bytearray(3 * 2**20)")["increment"], 3)
     assert_mib(row(test, "b = bytearray(7 * 2**20)")["increment"], 7)
     assert_mib(row(test, "c = callee()")["increment"], 4)
+    assert_mib(row(traced(pytester)["test_move.py::test_traced_again"], "e = bytearray(6 * 2**20)")["increment"], 6)
+    result.stdout.fnmatch_lines(["*AFTER [[]None, None, None, None, None, None[]] sys.monitoring"])
     assert "claimed sys.monitoring tool id" not in result.stdout.str()
     assert_mib(row(traced(pytester)["test_move.py::test_after"], "d = bytearray(2 * 2**20)")["increment"], 2)

@@ -110,3 +110,55 @@ def test_without_include_library_lines_are_not_traced(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess("--memline", "--memline-json=report.json")
     result.assert_outcomes(passed=1)
     assert tables(pytester)["included"] == []
+
+
+RAISING_LIBRARY = """
+def boom():
+    scratch = bytearray(2 * 2**20)
+    raise ValueError("boom")
+"""
+
+RAISING_TEST = """
+from mylib import io
+
+
+def test_catches():
+    try:
+        io.boom()
+    except ValueError:
+        pass
+    try:
+        try:
+            raise KeyError("inner")
+        finally:
+            kept = bytearray(3 * 2**20)
+    except KeyError:
+        pass
+    after = bytearray(20 * 2**20)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_callee_that_raises_closes_its_lines_where_it_left(
+    pytester: pytest.Pytester, backend: str
+) -> None:
+    """An included function left by an exception: its raising line holds what it did (the
+    2 MiB scratch freed, so about 0), not the 20 MiB the test allocates after catching it; and a
+    ``finally`` that re-raises inside the test (RERAISE, not a frame exit) ends nothing."""
+    pkg = pytester.mkpydir("mylib")
+    (pkg / "io.py").write_text(RAISING_LIBRARY)
+    pytester.makepyfile(test_raising=RAISING_TEST)
+    result = pytester.runpytest_subprocess(
+        "--memline", f"--memline-backend={backend}", "--memline-include=mylib",
+        "--memline-tables=all", "--memline-json=report.json",
+    )
+    result.assert_outcomes(passed=1)
+    test = json.loads((pytester.path / "report.json").read_text())["tests"]["test_raising.py::test_catches"]
+    boom = next(t for t in test["included"] if t["function"] == "boom")
+    assert abs(row(boom, "scratch = bytearray(2 * 2**20)")["increment"] - 2 * MIB) < MIB
+    raising = row(boom, 'raise ValueError("boom")')
+    assert raising["occurrences"] == 1
+    assert raising["increment"] < 3 * MIB, raising  # not the test's later 20 MiB
+    own = test["table"]
+    assert abs(row(own, "kept = bytearray(3 * 2**20)")["increment"] - 3 * MIB) < MIB
+    assert abs(row(own, "after = bytearray(20 * 2**20)")["increment"] - 20 * MIB) < MIB

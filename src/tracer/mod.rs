@@ -549,7 +549,8 @@ fn _callees_untraced() -> bool {
     quiet::active()
 }
 
-/// In a forked child: drop the parent's trace without measuring anything.
+/// In a forked child: drop the parent's trace without measuring anything, and the
+/// `sys.monitoring` tool id the parent held between traces.
 #[pyfunction]
 pub fn abandon(py: Python<'_>) -> PyResult<()> {
     if let Some(mut s) = take_session() {
@@ -560,7 +561,7 @@ pub fn abandon(py: Python<'_>) -> PyResult<()> {
             Backend::Monitoring => uninstall_monitoring(py, &mut s)?,
         }
     }
-    Ok(())
+    monitoring::release_held_in_child(py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -3,14 +3,49 @@
 
 use super::*;
 
-const EV_LINE: u32 = 1 << 5;
-const EV_PY_START: u32 = 1 << 0;
-const EV_PY_RESUME: u32 = 1 << 1;
-const EV_PY_RETURN: u32 = 1 << 2;
-const EV_PY_YIELD: u32 = 1 << 3;
-const EV_PY_UNWIND: u32 = 1 << 14;
-/// The events enabled on each traced code object.
-const LOCAL_EVENTS: u32 = EV_LINE | EV_PY_START | EV_PY_RESUME | EV_PY_RETURN | EV_PY_YIELD;
+/// The `sys.monitoring.events` we use. Their values are read from the interpreter, never
+/// hard-coded: they differ between versions (3.14 inserted BRANCH_LEFT and BRANCH_RIGHT before
+/// PY_UNWIND, and a constant taken from the wrong table is another event: RERAISE).
+#[derive(Clone, Copy)]
+struct Events {
+    line: u32,
+    py_start: u32,
+    py_resume: u32,
+    py_return: u32,
+    py_yield: u32,
+    py_unwind: u32,
+}
+
+impl Events {
+    /// The events enabled on each traced code object.
+    fn local(self) -> u32 {
+        self.line | self.py_start | self.py_resume | self.py_return | self.py_yield
+    }
+}
+
+static EVENTS: GilCell<Option<Events>> = GilCell(UnsafeCell::new(None));
+
+/// The event values of this interpreter (read once).
+fn events(mon: &Bound<'_, PyAny>) -> PyResult<Events> {
+    // SAFETY: GIL held by every caller.
+    if let Some(ev) = unsafe { *EVENTS.0.get() } {
+        return Ok(ev);
+    }
+    let table = mon.getattr("events")?;
+    let get = |name: &str| -> PyResult<u32> { table.getattr(name)?.extract() };
+    let ev = Events {
+        line: get("LINE")?,
+        py_start: get("PY_START")?,
+        py_resume: get("PY_RESUME")?,
+        py_return: get("PY_RETURN")?,
+        py_yield: get("PY_YIELD")?,
+        py_unwind: get("PY_UNWIND")?,
+    };
+    // SAFETY: as above.
+    unsafe { *EVENTS.0.get() = Some(ev) };
+    Ok(ev)
+}
+
 /// Tool ids we may take, in order of preference: 0 (debugger), 1 (coverage) and 5
 /// (optimizer) are left to their owners, and 2 (the profiler's: cProfile claims it when it is
 /// enabled, and fails if it is held) is taken only when 3 and 4 are held.
@@ -126,7 +161,11 @@ fn _mon_start(py: Python<'_>, code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny
             Some(func) => {
                 let enabled = match (&s.mon_set_local, s.tool_id) {
                     (Some(set_local), Some(id)) => {
-                        set_local.call1(py, (id, code, LOCAL_EVENTS)).is_ok()
+                        // SAFETY: GIL held; set when the trace was armed.
+                        match unsafe { *EVENTS.0.get() } {
+                            Some(ev) => set_local.call1(py, (id, code, ev.local())).is_ok(),
+                            None => false,
+                        }
                     }
                     _ => false,
                 };
@@ -181,37 +220,68 @@ fn _mon_yield(code: &Bound<'_, PyAny>, _offset: &Bound<'_, PyAny>, _value: &Boun
     })
 }
 
-/// `sys.monitoring.use_tool_id` as it was before memline's stand-in replaced it for the trace.
+/// `sys.monitoring.use_tool_id` as it was before memline's stand-in replaced it.
 static ORIGINAL_USE_TOOL_ID: GilCell<Option<Py<PyAny>>> = GilCell(UnsafeCell::new(None));
+
+/// The tool id memline holds between traces (callbacks registered, PY_UNWIND on), if any.
+///
+/// Changing an interpreter's global events (`set_events`, `free_tool_id` on 3.13+) makes every
+/// code object re-instrument itself when it next runs: taking and freeing the id around each
+/// test cost about 0.3 million instructions a test on numpy's suite (`_Py_Instrument`, see
+/// bench/fixedcost.py). Between traces only local events change, and those touch the traced
+/// code objects alone.
+static HELD: GilCell<Option<u8>> = GilCell(UnsafeCell::new(None));
+/// Whether the id is kept between traces (`hold_tool_id(True)`: the pytest plugin, for the run).
+static KEEP: GilCell<bool> = GilCell(UnsafeCell::new(false));
+
+fn held() -> Option<u8> {
+    // SAFETY: GIL held by every caller (pyfunctions and callbacks).
+    unsafe { *HELD.0.get() }
+}
+
+fn set_held(id: Option<u8>) {
+    // SAFETY: as in `held`.
+    unsafe { *HELD.0.get() = id };
+}
+
+fn keep() -> bool {
+    // SAFETY: as in `held`.
+    unsafe { *KEEP.0.get() }
+}
+
+/// Whether `id` is registered under memline's name.
+fn is_ours(mon: &Bound<'_, PyAny>, id: u8) -> PyResult<bool> {
+    let owner = mon.call_method1("get_tool", (id,))?;
+    Ok(!owner.is_none() && owner.extract::<String>().ok().as_deref() == Some(TOOL_NAME))
+}
 
 pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
     let mon = py.import("sys")?.getattr("monitoring")?;
-    let Some(id) = free_tool_id(&mon, None)? else {
-        let mut held = Vec::new();
-        for id in TOOL_IDS {
-            let name = mon.call_method1("get_tool", (id,))?;
-            held.push(format!("{id} by {}", name.repr()?));
+    let id = match held() {
+        Some(id) if is_ours(&mon, id)? => id,
+        _ => {
+            // (an id someone freed or took over behind our back is theirs now)
+            set_held(None);
+            let Some(id) = free_tool_id(&mon, None)? else {
+                let mut holders = Vec::new();
+                for id in TOOL_IDS {
+                    let name = mon.call_method1("get_tool", (id,))?;
+                    holders.push(format!("{id} by {}", name.repr()?));
+                }
+                return Err(PyRuntimeError::new_err(format!(
+                    "memline: no free sys.monitoring tool id: memline takes 3, 4 or 2 and never \
+                     one in use, and they are held ({}); free one, or trace with \
+                     --memline-backend=settrace",
+                    holders.join(", ")
+                )));
+            };
+            take_id(py, &mon, id)?;
+            id
         }
-        return Err(PyRuntimeError::new_err(format!(
-            "memline: no free sys.monitoring tool id: memline takes 3, 4 or 2 and never one in \
-             use, and they are held ({}); free one, or trace with --memline-backend=settrace",
-            held.join(", ")
-        )));
     };
     // SAFETY: GIL held.
     s.thread = unsafe { ffi::PyThreadState_Get() };
-    claim(py, &mon, s, id)?;
-    // A tool that claims our id while the test runs (cProfile enabling itself takes the
-    // profiler's id, 2) goes through `use_tool_id`; our stand-in gives the id up first.
-    let m = py.import("pytest_memline._memline")?;
-    let original = mon.getattr("use_tool_id")?;
-    let ours = m.getattr("_mon_use_tool_id")?;
-    if !original.is(&ours) {
-        // SAFETY: GIL held; no other reference to the cell is alive.
-        unsafe { *ORIGINAL_USE_TOOL_ID.0.get() = Some(original.unbind()) };
-        mon.setattr("use_tool_id", ours)?;
-    }
-    Ok(())
+    arm(py, &mon, s, id)
 }
 
 /// The first of our tool ids that nobody holds, other than `except`.
@@ -224,42 +294,109 @@ fn free_tool_id(mon: &Bound<'_, PyAny>, except: Option<u8>) -> PyResult<Option<u
     Ok(None)
 }
 
-/// Takes tool id `id` (free) and turns our events on under it.
-fn claim(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
+/// Takes tool id `id` (free): our callbacks, PY_UNWIND on (it cannot be enabled per code
+/// object; exceptions only, and the callback returns at once outside a trace), and our
+/// stand-in for `use_tool_id`, so that a tool that claims the id gets it.
+fn take_id(py: Python<'_>, mon: &Bound<'_, PyAny>, id: u8) -> PyResult<()> {
     use_tool_id_below_ours(py, mon)?.call1((id, TOOL_NAME))?;
-    s.tool_id = Some(id);
+    set_held(Some(id));
     let m = py.import("pytest_memline._memline")?;
     let register = |event: u32, name: &str| -> PyResult<()> {
         mon.call_method1("register_callback", (id, event, m.getattr(name)?))?;
         Ok(())
     };
-    register(EV_LINE, "_mon_line")?;
-    register(EV_PY_START, "_mon_start")?;
-    register(EV_PY_RESUME, "_mon_resume")?;
-    register(EV_PY_RETURN, "_mon_return")?;
-    register(EV_PY_YIELD, "_mon_yield")?;
-    register(EV_PY_UNWIND, "_mon_return")?;
-    // PY_UNWIND cannot be enabled per code object: it is global, and cheap (exceptions only).
-    // With `include`, PY_START is global too: included functions are found as they start, and
-    // every other code object is disabled at its first start.
-    let global = if s.include.is_empty() {
-        EV_PY_UNWIND
-    } else {
+    let ev = events(mon)?;
+    register(ev.line, "_mon_line")?;
+    register(ev.py_start, "_mon_start")?;
+    register(ev.py_resume, "_mon_resume")?;
+    register(ev.py_return, "_mon_return")?;
+    register(ev.py_yield, "_mon_yield")?;
+    register(ev.py_unwind, "_mon_return")?;
+    mon.call_method1("set_events", (id, ev.py_unwind))?;
+    let original = mon.getattr("use_tool_id")?;
+    let ours = m.getattr("_mon_use_tool_id")?;
+    if !original.is(&ours) {
+        // SAFETY: GIL held; no other reference to the cell is alive.
+        unsafe { *ORIGINAL_USE_TOOL_ID.0.get() = Some(original.unbind()) };
+        mon.setattr("use_tool_id", ours)?;
+    }
+    Ok(())
+}
+
+/// Turns all our events off under `id`, unregisters our callbacks and frees the id.
+fn drop_id(py: Python<'_>, mon: &Bound<'_, PyAny>, id: u8) -> PyResult<()> {
+    set_held(None);
+    let ev = events(mon)?;
+    mon.call_method1("set_events", (id, 0))?;
+    for event in [
+        ev.line,
+        ev.py_start,
+        ev.py_resume,
+        ev.py_return,
+        ev.py_yield,
+        ev.py_unwind,
+    ] {
+        mon.call_method1("register_callback", (id, event, py.None()))?;
+    }
+    mon.call_method1("free_tool_id", (id,))?;
+    Ok(())
+}
+
+/// Puts `use_tool_id` back, unless someone replaced our stand-in meanwhile.
+fn restore_use_tool_id(py: Python<'_>, mon: &Bound<'_, PyAny>) -> PyResult<()> {
+    let ours = py
+        .import("pytest_memline._memline")?
+        .getattr("_mon_use_tool_id")?;
+    // SAFETY: GIL held; no other reference to the cell is alive.
+    let original = unsafe { (*ORIGINAL_USE_TOOL_ID.0.get()).take() };
+    if let Some(original) = original {
+        if mon.getattr("use_tool_id")?.is(&ours) {
+            mon.setattr("use_tool_id", original)?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns this trace's events on under our id `id`: LINE and PY_* on the traced code objects.
+fn arm(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
+    let ev = events(mon)?;
+    s.tool_id = Some(id);
+    if !s.include.is_empty() {
+        // With `include`, PY_START is global: included functions are found as they start,
+        // and every other code object is disabled at its first start.
         s.mon_set_local = Some(mon.getattr("set_local_events")?.unbind());
         s.mon_disable = Some(mon.getattr("DISABLE")?.unbind());
-        EV_PY_UNWIND | EV_PY_START
-    };
-    mon.call_method1("set_events", (id, global))?;
-    for code in &s.codes {
-        mon.call_method1("set_local_events", (id, code.bind(py), LOCAL_EVENTS))?;
+        mon.call_method1("set_events", (id, ev.py_unwind | ev.py_start))?;
     }
-    if !s.include.is_empty() {
-        // included functions found so far
-        for (code, func) in s.seen.values() {
-            if func.is_some() {
-                mon.call_method1("set_local_events", (id, code.bind(py), LOCAL_EVENTS))?;
-            }
+    for code in &s.codes {
+        mon.call_method1("set_local_events", (id, code.bind(py), ev.local()))?;
+    }
+    // included functions found so far
+    for (code, func) in s.seen.values() {
+        if func.is_some() {
+            mon.call_method1("set_local_events", (id, code.bind(py), ev.local()))?;
         }
+    }
+    Ok(())
+}
+
+/// Turns this trace's events off under `id` (the id stays held, with PY_UNWIND on).
+fn disarm(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
+    s.tool_id = None;
+    for code in &s.codes {
+        mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+    }
+    for (code, func) in s.seen.values() {
+        if func.is_some() {
+            mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+        }
+    }
+    if s.mon_disable.is_some() {
+        mon.call_method1("set_events", (id, events(mon)?.py_unwind))?;
+        // `include` disabled PY_START on every other code object for our id: re-enable, so that
+        // the next trace (or whoever takes the id next) starts clean (this re-enables other
+        // tools' too, which they tolerate: events they had disabled come once more).
+        mon.call_method0("restart_events")?;
     }
     Ok(())
 }
@@ -277,9 +414,10 @@ fn use_tool_id_below_ours<'py>(
     }
 }
 
-/// Stands in for `sys.monitoring.use_tool_id` while a trace runs: a tool that claims the id
-/// memline holds gets it, and memline moves to another free id of its own (tracing goes on,
-/// exact) or, when none is free, stops tracing at the line that claimed it (the table says so).
+/// Stands in for `sys.monitoring.use_tool_id` while memline holds an id: a tool that claims
+/// that id gets it. Between traces memline just lets it go (the next trace takes a free one);
+/// during a trace it moves to another free id of its own (tracing goes on, exact) or, when
+/// none is free, stops tracing at the line that claimed it (the table says so).
 #[pyfunction]
 #[pyo3(signature = (tool_id, name, /))]
 fn _mon_use_tool_id<'py>(
@@ -289,14 +427,22 @@ fn _mon_use_tool_id<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let mon = py.import("sys")?.getattr("monitoring")?;
     let id = tool_id.extract::<u8>().ok();
-    // SAFETY: GIL held; the session is not kept across the call of the original below.
-    if let (Some(s), Some(id)) = (unsafe { session() }, id) {
-        if s.backend == Backend::Monitoring
-            && s.tool_id == Some(id)
-            && give_way(py, &mon, s, id, name).is_err()
-        {
-            s.error
-                .get_or_insert("could not give up the sys.monitoring tool id a tool claimed");
+    if id.is_some() && id == held() {
+        // SAFETY: GIL held; the session is not kept across the call of the original below.
+        match unsafe { session() } {
+            Some(s) if s.backend == Backend::Monitoring && s.tool_id == id => {
+                if give_way(py, &mon, s, id.unwrap_or_default(), name).is_err() {
+                    s.error.get_or_insert(
+                        "could not give up the sys.monitoring tool id a tool claimed",
+                    );
+                }
+            }
+            _ => {
+                if is_ours(&mon, id.unwrap_or_default())? {
+                    drop_id(py, &mon, id.unwrap_or_default())?;
+                }
+                set_held(None);
+            }
         }
     }
     use_tool_id_below_ours(py, &mon)?.call1((tool_id, name))
@@ -310,9 +456,11 @@ fn give_way(
     id: u8,
     claimer: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    release(py, mon, s, id)?;
+    disarm(py, mon, s, id)?;
+    drop_id(py, mon, id)?;
     if let Some(next) = free_tool_id(mon, Some(id))? {
-        return claim(py, mon, s, next);
+        take_id(py, mon, next)?;
+        return arm(py, mon, s, next);
     }
     let line = s.recorder.open_line(0);
     if s.lost_at.is_none() && !s.stack.is_empty() {
@@ -335,59 +483,57 @@ fn give_way(
     Ok(())
 }
 
-/// Turns our events off under `id` and frees it.
-fn release(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
-    s.tool_id = None;
-    for code in &s.codes {
-        mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
-    }
-    for (code, func) in s.seen.values() {
-        if func.is_some() {
-            mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+    let mon = py.import("sys")?.getattr("monitoring")?;
+    if let Some(id) = s.tool_id.take() {
+        // Do not touch a tool id that someone else has taken over meanwhile.
+        if is_ours(&mon, id)? {
+            disarm(py, &mon, s, id)?;
+        } else if held() == Some(id) {
+            set_held(None);
         }
     }
-    mon.call_method1("set_events", (id, 0))?;
-    for event in [
-        EV_LINE,
-        EV_PY_START,
-        EV_PY_RESUME,
-        EV_PY_RETURN,
-        EV_PY_YIELD,
-        EV_PY_UNWIND,
-    ] {
-        mon.call_method1("register_callback", (id, event, py.None()))?;
-    }
-    mon.call_method1("free_tool_id", (id,))?;
-    if s.mon_disable.is_some() {
-        // `include` disabled PY_START on every other code object for our id: re-enable, so that
-        // whoever takes the id next starts clean (this re-enables other tools' too, which they
-        // tolerate: events they had disabled come once more).
-        mon.call_method0("restart_events")?;
+    if !keep() {
+        release_held(py, &mon)?;
     }
     Ok(())
 }
 
-pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
+/// In a forked child: the parent's held id is not the child's business (a child that traces
+/// takes one of its own).
+pub(super) fn release_held_in_child(py: Python<'_>) -> PyResult<()> {
+    if held().is_none() {
+        return Ok(());
+    }
     let mon = py.import("sys")?.getattr("monitoring")?;
-    // Put `use_tool_id` back, unless someone replaced our stand-in meanwhile.
-    let ours = py
-        .import("pytest_memline._memline")?
-        .getattr("_mon_use_tool_id")?;
-    if mon.getattr("use_tool_id")?.is(&ours) {
-        // SAFETY: GIL held; no other reference to the cell is alive.
-        if let Some(original) = unsafe { (*ORIGINAL_USE_TOOL_ID.0.get()).take() } {
-            mon.setattr("use_tool_id", original)?;
+    release_held(py, &mon)
+}
+
+/// Frees the id held between traces (if still ours) and puts `use_tool_id` back.
+fn release_held(py: Python<'_>, mon: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Some(id) = held() {
+        if is_ours(mon, id)? {
+            drop_id(py, mon, id)?;
         }
+        set_held(None);
     }
-    let Some(id) = s.tool_id.take() else {
-        return Ok(());
-    };
-    // Do not touch a tool id that someone else has taken over meanwhile.
-    let owner = mon.call_method1("get_tool", (id,))?;
-    if owner.is_none() || owner.extract::<String>().ok().as_deref() != Some(TOOL_NAME) {
-        return Ok(());
+    restore_use_tool_id(py, mon)
+}
+
+/// `hold_tool_id(True)`: from now on, the `sys.monitoring` tool id stays held between traces
+/// (with only PY_UNWIND on, globally), which spares every code object a re-instrumentation
+/// per trace; a tool that claims the id still gets it. `hold_tool_id(False)`: frees it now
+/// (unless a trace runs: then when it stops) and goes back to taking it per trace.
+#[pyfunction]
+pub fn hold_tool_id(py: Python<'_>, keep: bool) -> PyResult<()> {
+    // SAFETY: GIL held.
+    unsafe { *KEEP.0.get() = keep };
+    // SAFETY: GIL held.
+    if !keep && unsafe { session() }.is_none() && py.version_info() >= (3, 12) {
+        let mon = py.import("sys")?.getattr("monitoring")?;
+        release_held(py, &mon)?;
     }
-    release(py, &mon, s, id)
+    Ok(())
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -397,5 +543,6 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_mon_return, m)?)?;
     m.add_function(wrap_pyfunction!(_mon_yield, m)?)?;
     m.add_function(wrap_pyfunction!(_mon_use_tool_id, m)?)?;
+    m.add_function(wrap_pyfunction!(hold_tool_id, m)?)?;
     Ok(())
 }
