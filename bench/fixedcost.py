@@ -48,7 +48,13 @@ def callgrind(cwd: str, args: list[str], out: str) -> None:
         "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:xdist",
         "test_tiny.py", *args,
     ]
-    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    # no bytecode written: otherwise the first run of each size compiles the test module and
+    # the next reads it back, which leaves tens of thousands of instructions of `compile` in
+    # one mode's slope and not the other's
+    env = dict(
+        os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"pytest failed under callgrind ({' '.join(args) or 'plain'}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")

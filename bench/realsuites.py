@@ -3,15 +3,17 @@
 Runs the test suites that ship inside installed packages (pandas, scikit-learn, numpy, ...)
 with plain pytest, with ``--memline`` (in place, the default) and with ``--memline
 --memline-isolate=fork``, interleaved, ``--repeat`` times, and prints per suite and mode the
-median CPU time (user + sys of the pytest process and its children), the ratio to plain, and
-the outcome counts (which must be the same in every mode).
+median CPU time (user + sys of the pytest process and its children) and its system part, the
+ratio to plain and the fixed cost per test (medians over the repetitions of each run against
+the plain run of the same repetition), and the outcome counts (which must be the same in every
+mode).
 
     python bench/realsuites.py [--repeat 3] [--suite pandas.tests.reshape] [--suite ...]
         [--modes plain,memline,fork]
 
 A suite is a module for ``--pyargs``, several joined with ``+``, or a preset (``numpy-core``:
 numpy's test_umath, test_numeric and test_regression, 6,900 tiny tests). "per test" is the
-fixed cost: (median CPU - plain's median CPU) / tests run.
+fixed cost: median over repetitions of (CPU - plain's CPU) / tests run.
 
 Needs the packages installed (``pip install pandas scikit-learn``). CPU time, not wall time:
 the machine is shared.
@@ -47,7 +49,7 @@ MODES = {
 ONE_THREAD = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def run(suite: str, args: list[str]) -> tuple[float, str]:
+def run(suite: str, args: list[str]) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory() as cwd:
         proc = subprocess.run(
@@ -56,10 +58,10 @@ def run(suite: str, args: list[str]) -> tuple[float, str]:
             cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0", **ONE_THREAD),
         )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
     counts = re.sub(r" in [\d.]+s.*", "", tail).strip("= ")
-    return cpu, counts
+    return user + system, system, counts
 
 
 def test_count(counts: str) -> int:
@@ -89,28 +91,37 @@ def main() -> int:
     same = True
     for suite in suites:
         times: dict[str, list[float]] = {m: [] for m in modes}
+        sys_times: dict[str, list[float]] = {m: [] for m in modes}
         outcomes: dict[str, set[str]] = {m: set() for m in modes}
         for i in range(opts.repeat):
             for mode in modes:
-                cpu, counts = run(suite, MODES[mode])
+                cpu, system, counts = run(suite, MODES[mode])
                 times[mode].append(cpu)
+                sys_times[mode].append(system)
                 outcomes[mode].add(counts)
-                print(f"  {suite} {mode} {i + 1}/{opts.repeat}: {cpu:.1f} s CPU, {counts}", flush=True)
-        plain = statistics.median(times["plain"]) if "plain" in times else None
+                print(f"  {suite} {mode} {i + 1}/{opts.repeat}: {cpu:.1f} s CPU ({system:.1f} s sys), {counts}", flush=True)
         for mode in modes:
             med = statistics.median(times[mode])
-            ratio = f"{med / plain:.2f}x" if plain else ""
             tests = max(test_count(o) for o in outcomes[mode])
-            per_test = f"{1000 * (med - plain) / tests:.2f} ms" if plain and tests and mode != "plain" else ""
-            rows.append((suite, mode, med, min(times[mode]), max(times[mode]), ratio, per_test, " / ".join(sorted(outcomes[mode]))))
+            ratio = per_test = ""
+            if "plain" in times and mode != "plain":
+                # paired with the plain run of the same repetition (the machine's load drifts)
+                pairs = list(zip(times[mode], times["plain"]))
+                ratio = f"{statistics.median(t / p for t, p in pairs):.2f}x"
+                if tests:
+                    per_test = f"{1000 * statistics.median(t - p for t, p in pairs) / tests:.2f} ms"
+            rows.append((suite, mode, med, min(times[mode]), max(times[mode]),
+                         statistics.median(sys_times[mode]), ratio, per_test,
+                         " / ".join(sorted(outcomes[mode]))))
         first = outcomes[modes[0]]
         same = same and all(outcomes[m] == first for m in modes)
     print()
     print(f"python {sys.version.split()[0]}, {opts.repeat} interleaved runs, CPU = user + sys")
-    print("| suite | mode | median CPU | range | ratio | per test | outcomes |")
-    print("| --- | --- | ---: | --- | ---: | ---: | --- |")
-    for suite, mode, med, lo, hi, ratio, per_test, outs in rows:
-        print(f"| {suite} | {mode} | {med:.1f} s | {lo:.1f}-{hi:.1f} s | {ratio} | {per_test} | {outs} |")
+    print("ratio and per test: medians over repetitions of (mode vs plain of the same repetition)")
+    print("| suite | mode | median CPU | range | of it sys | ratio | per test | outcomes |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | --- |")
+    for suite, mode, med, lo, hi, system, ratio, per_test, outs in rows:
+        print(f"| {suite} | {mode} | {med:.1f} s | {lo:.1f}-{hi:.1f} s | {system:.1f} s | {ratio} | {per_test} | {outs} |")
     print("outcomes identical in every mode" if same else "OUTCOMES DIFFER between modes")
     return 0 if same else 1
 

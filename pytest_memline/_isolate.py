@@ -20,7 +20,7 @@ import pytest
 from pytest_memline._fork import describe, kill, reap
 
 if TYPE_CHECKING:
-    from pytest_memline.plugin import MemlinePlugin
+    from pytest_memline._manager import MemlinePlugin
 
 #: The child's call report (serialised), kept on the item until the parent's report replaces it.
 REPORT_KEY = pytest.StashKey[dict[str, Any]]()

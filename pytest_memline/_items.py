@@ -4,10 +4,18 @@ runs it through ``pytest_pyfunc_call``, the threads it starts."""
 from __future__ import annotations
 
 import inspect
+import sys
+import threading
 import types
 from typing import Any
 
 import pytest
+
+from pytest_memline._memline import thread_starts
+
+#: 3.12+: thread starts are audited (``_thread.start_new_thread``, 3.13's
+#: ``_thread.start_joinable_thread``)
+_THREAD_AUDIT = sys.version_info >= (3, 12)
 
 
 def calls_pyfunc_call(item: pytest.Item) -> bool:
@@ -17,28 +25,23 @@ def calls_pyfunc_call(item: pytest.Item) -> bool:
 
 
 def _thread_idents() -> set[int]:
-    import threading
-
     return {t.ident for t in threading.enumerate() if t.ident is not None}
 
 
 def watch_threads() -> Any:
     """Starts watching for threads the test starts; the returned function stops watching and
-    says whether any did. Threads still alive at the end are found by their idents; threads
-    that started and finished within the test, on 3.12+, by the interpreter's audit event for
-    a thread start (a C audit hook added once, which counts them: nothing the test can see
-    changes, and the process's other audited events cost no Python call), and on 3.11, which has no such event, by a one-shot ``threading.setprofile`` hook,
-    chained to the hook that was set before (the new thread gets that one back at once;
-    ``threading.getprofile()`` inside the test returns memline's hook there)."""
-    import sys
-    import threading
-
+    says whether any did. On 3.12+ every thread started through ``threading`` or ``_thread``
+    passes the interpreter's audit event for a thread start, which a C audit hook added once
+    counts (nothing the test can see changes, and the process's other audited events cost no
+    Python call); a thread that C code started and that registered with ``threading`` while
+    the test ran raises ``threading.active_count()``. On 3.11, which has no such event, a
+    one-shot ``threading.setprofile`` hook is chained to the hook that was set before (the new
+    thread gets that one back at once; ``threading.getprofile()`` inside the test returns
+    memline's hook there), and threads still alive at the end are found by their idents."""
+    if _THREAD_AUDIT:
+        starts, alive = thread_starts(), threading.active_count()
+        return lambda: thread_starts() != starts or threading.active_count() > alive
     before = _thread_idents()
-    if sys.version_info >= (3, 12):
-        from pytest_memline._memline import thread_starts
-
-        starts = thread_starts()
-        return lambda: thread_starts() != starts or bool(_thread_idents() - before)
     started: list[bool] = []
     previous = threading.getprofile()
 

@@ -5,6 +5,7 @@ hooks; what it finds travels on the item (``OUTCOME_KEY``) to the report."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 import time
 import types
@@ -14,7 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_memline._budget import check
+from pytest_memline._gate import change_message, group_changes
 from pytest_memline._metrics import metric as _metric
+from pytest_memline._settings import TestLimits
+from pytest_memline.table import MemoryTable, build_table
 from pytest_memline._items import (
     calls_pyfunc_call,
     doctest_of,
@@ -26,7 +31,7 @@ from pytest_memline._items import (
 )
 
 if TYPE_CHECKING:
-    from pytest_memline._settings import Settings, TestLimits
+    from pytest_memline._settings import Settings
 
 #: Per-item state: the limits resolved at setup, and what was measured and found.
 LIMITS_KEY = pytest.StashKey["TestLimits"]()
@@ -86,7 +91,6 @@ class TestOutcome:
         )
 
     def message(self) -> str:
-        from pytest_memline._gate import change_message, group_changes
 
         lines = [v.message(self.table) for v in self.violations]
         if self.comparison is not None and self.comparison.status == "refused":
@@ -137,8 +141,6 @@ class Measurer:
         triggers one, while the child's own objects are all a collection there can free. And
         fork does not copy file-backed pages (code, data files): without mapping them first,
         the child's RSS would grow by every page of code it runs for the first time."""
-        import gc
-
         gc.freeze()
         if self.native._prefault_like_parent() is None:
             self.unmapped = (
@@ -218,8 +220,6 @@ class Measurer:
 
     def settle(self, metric: str) -> None:
         """Before a test: collects garbage and returns malloc's free memory to the kernel."""
-        import gc
-
         deterministic = _metric(metric).deterministic
         if deterministic or self._full_collections:
             # cyclic garbage left by earlier tests is freed now, not inside one of this test's
@@ -286,7 +286,6 @@ class Measurer:
         did. Either way the child first maps the file-backed pages this process has mapped
         (see ``start_child``)."""
         from pytest_memline import _fork
-        from pytest_memline.table import MemoryTable
 
         runs = self.settings.confirm
 
@@ -317,11 +316,8 @@ class Measurer:
         return dataclasses.replace(first, status=status, reruns=runs, reproduced=reproduced)
 
     def evaluate(self, item: pytest.Item, run: Run, trace: Any, threads: bool) -> TestOutcome:
-        from pytest_memline._budget import check
-        from pytest_memline.table import build_table
 
         table, own, functions = self.measured(item, run, trace, threads)
-        from pytest_memline._settings import TestLimits
 
         limits = item.stash.get(LIMITS_KEY, TestLimits())
         checked = table
@@ -363,8 +359,6 @@ class Measurer:
         self, item: pytest.Item, run: Run, trace: Any, threads: bool
     ) -> tuple[Any, Any, list[Any]]:
         """The test's table, its own function trace, and the traces of included functions."""
-        from pytest_memline.table import build_table
-
         code, why, module_globals = run.code, run.why, run.module_globals
         notes = [n for n in (trace.peak_note, trace.interrupted, trace.chain_note, trace.error) if n]
         if self.unmapped:

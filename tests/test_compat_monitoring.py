@@ -95,10 +95,13 @@ def test_takes_the_next_free_id_and_leaves_the_other_tool_alone(pytester: pytest
             for event in (m.events.LINE, m.events.PY_START):
                 previous = m.register_callback(3, event, other_line)
                 assert previous is other_line
-            # memline keeps id 4 between tests: PY_UNWIND alone, nothing on the test's code
+            # memline keeps id 4 between tests: PY_UNWIND alone globally, and the last traced
+            # code object armed for the next test of the same function
             assert m.get_tool(4) == "pytest-memline"
             assert m.get_events(4) == m.events.PY_UNWIND
-            assert m.get_local_events(4, code) == 0
+            local = (m.events.LINE | m.events.PY_START | m.events.PY_RESUME
+                     | m.events.PY_RETURN | m.events.PY_YIELD)
+            assert m.get_local_events(4, code) == local
             assert m.get_tool(2) is None
             assert m.get_events(2) == 0
             assert m.get_local_events(2, code) == 0
@@ -307,9 +310,12 @@ def test_moves_to_another_free_id_when_a_tool_claims_its_own(pytester: pytest.Py
             assert m.get_tool(4) == "pytest-memline"
             assert m.get_events(4) == m.events.PY_UNWIND
             assert m.get_local_events(4, test_untraced_can_claim_memlines_id.__code__) == 0
+            assert m.get_local_events(4, test_after.__code__) != 0  # left armed
             m.use_tool_id(4, "between")  # memline lets it go
             assert m.get_tool(4) == "between"
             assert m.get_events(4) == 0
+            # and leaves no local events on the code objects it traced (test_after's was armed)
+            assert m.get_local_events(4, test_after.__code__) == 0
             m.free_tool_id(4)
 
 

@@ -20,10 +20,10 @@ use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyCode, PyList, PyTuple};
 
 use crate::lines::Recorder;
 use crate::meter::{self, AnyMeter, Meter};
@@ -333,6 +333,23 @@ impl TraceResult {
     }
 }
 
+/// `sys.<name>`, read through the interpreter's own sys module (`PySys_GetObject`): an
+/// `import sys` from Rust goes through `builtins.__import__`, about 10,000 instructions, and
+/// start and stop need `sys.monitoring` (or `sys.gettrace`) on every test.
+pub(crate) fn sys_attr<'py>(py: Python<'py>, name: &std::ffi::CStr) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; the name is NUL-terminated; the reference is borrowed and cloned at
+    // once (sys's dict keeps the object alive meanwhile).
+    let ptr = unsafe { ffi::PySys_GetObject(name.as_ptr()) };
+    if ptr.is_null() {
+        return Err(PyAttributeError::new_err(format!(
+            "module 'sys' has no attribute {:?}",
+            name.to_string_lossy()
+        )));
+    }
+    // SAFETY: non-null, borrowed from sys's dict.
+    Ok(unsafe { Bound::from_borrowed_ptr(py, ptr) })
+}
+
 /// Starts tracing the given code objects on the calling thread.
 #[pyfunction]
 #[pyo3(signature = (codes, *, peak = true, reader = "auto", backend = "auto", metric = "rss", include = Vec::new()))]
@@ -368,12 +385,11 @@ pub fn start(
     };
     let kind = ReaderKind::parse(reader).map_err(PyValueError::new_err)?;
     let mut meter = meter::open(py, metric, kind, peak)?;
-    let code_type = py.import("types")?.getattr("CodeType")?;
     let mut code_objs = Vec::with_capacity(codes.len());
     let mut firsts = Vec::with_capacity(codes.len());
     let mut gens = Vec::with_capacity(codes.len());
     for code in codes.iter() {
-        if !code.is_instance(&code_type)? {
+        if !code.is_instance_of::<PyCode>() {
             return Err(PyValueError::new_err(format!(
                 "memline: expected code objects, got {}",
                 code.get_type().name()?

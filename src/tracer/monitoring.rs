@@ -233,6 +233,32 @@ static ORIGINAL_USE_TOOL_ID: GilCell<Option<Py<PyAny>>> = GilCell(UnsafeCell::ne
 static HELD: GilCell<Option<u8>> = GilCell(UnsafeCell::new(None));
 /// Whether the id is kept between traces (`hold_tool_id(True)`: the pytest plugin, for the run).
 static KEEP: GilCell<bool> = GilCell(UnsafeCell::new(false));
+/// The code object whose local events the last trace left on, under the held id (while the id
+/// is kept): the tests of a parametrized function share one code object and run one after
+/// the other, so the next trace mostly finds it armed. Instrumenting a code object and
+/// removing it again cost about 57,000 instructions a test (`monitoring_set_local_events`,
+/// bench/fixedcost.py). Outside a trace its callbacks find no session and return at once.
+static ARMED: GilCell<Option<(u8, Py<PyAny>)>> = GilCell(UnsafeCell::new(None));
+
+fn take_armed() -> Option<(u8, Py<PyAny>)> {
+    // SAFETY: GIL held by every caller.
+    unsafe { (*ARMED.0.get()).take() }
+}
+
+fn set_armed(armed: Option<(u8, Py<PyAny>)>) {
+    // SAFETY: GIL held by every caller.
+    unsafe { *ARMED.0.get() = armed };
+}
+
+/// Turns off the events a past trace left on a code object under `id` (when `id` is ours).
+fn clear_armed(py: Python<'_>, mon: &Bound<'_, PyAny>, id: u8) -> PyResult<()> {
+    if let Some((armed_id, code)) = take_armed() {
+        if armed_id == id {
+            mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+        }
+    }
+    Ok(())
+}
 
 fn held() -> Option<u8> {
     // SAFETY: GIL held by every caller (pyfunctions and callbacks).
@@ -256,12 +282,14 @@ fn is_ours(mon: &Bound<'_, PyAny>, id: u8) -> PyResult<bool> {
 }
 
 pub(super) fn install_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
-    let mon = py.import("sys")?.getattr("monitoring")?;
+    let mon = sys_attr(py, c"monitoring")?;
     let id = match held() {
         Some(id) if is_ours(&mon, id)? => id,
         _ => {
-            // (an id someone freed or took over behind our back is theirs now)
+            // (an id someone freed or took over behind our back is theirs now, with whatever
+            // local events are on it)
             set_held(None);
+            drop(take_armed());
             let Some(id) = free_tool_id(&mon, None)? else {
                 let mut holders = Vec::new();
                 for id in TOOL_IDS {
@@ -326,6 +354,8 @@ fn take_id(py: Python<'_>, mon: &Bound<'_, PyAny>, id: u8) -> PyResult<()> {
 /// Turns all our events off under `id`, unregisters our callbacks and frees the id.
 fn drop_id(py: Python<'_>, mon: &Bound<'_, PyAny>, id: u8) -> PyResult<()> {
     set_held(None);
+    // (the next owner of the id must find no events of ours on any code object)
+    clear_armed(py, mon, id)?;
     let ev = events(mon)?;
     mon.call_method1("set_events", (id, 0))?;
     for event in [
@@ -368,7 +398,24 @@ fn arm(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyRes
         s.mon_disable = Some(mon.getattr("DISABLE")?.unbind());
         mon.call_method1("set_events", (id, ev.py_unwind | ev.py_start))?;
     }
+    let armed = match take_armed() {
+        Some((armed_id, code))
+            if armed_id == id && s.codes.iter().any(|c| c.as_ptr() == code.as_ptr()) =>
+        {
+            Some(code)
+        }
+        Some((armed_id, code)) => {
+            if held() == Some(armed_id) {
+                mon.call_method1("set_local_events", (armed_id, code.bind(py), 0))?;
+            }
+            None
+        }
+        None => None,
+    };
     for code in &s.codes {
+        if armed.as_ref().is_some_and(|a| a.as_ptr() == code.as_ptr()) {
+            continue;
+        }
         mon.call_method1("set_local_events", (id, code.bind(py), ev.local()))?;
     }
     // included functions found so far
@@ -383,8 +430,13 @@ fn arm(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyRes
 /// Turns this trace's events off under `id` (the id stays held, with PY_UNWIND on).
 fn disarm(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyResult<()> {
     s.tool_id = None;
+    let leave_armed = keep() && held() == Some(id) && s.mon_disable.is_none() && s.codes.len() == 1;
     for code in &s.codes {
-        mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+        if leave_armed {
+            set_armed(Some((id, code.clone_ref(py))));
+        } else {
+            mon.call_method1("set_local_events", (id, code.bind(py), 0))?;
+        }
     }
     for (code, func) in s.seen.values() {
         if func.is_some() {
@@ -425,7 +477,7 @@ fn _mon_use_tool_id<'py>(
     tool_id: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mon = py.import("sys")?.getattr("monitoring")?;
+    let mon = sys_attr(py, c"monitoring")?;
     let id = tool_id.extract::<u8>().ok();
     if id.is_some() && id == held() {
         // SAFETY: GIL held; the session is not kept across the call of the original below.
@@ -484,7 +536,7 @@ fn give_way(
 }
 
 pub(super) fn uninstall_monitoring(py: Python<'_>, s: &mut Session) -> PyResult<()> {
-    let mon = py.import("sys")?.getattr("monitoring")?;
+    let mon = sys_attr(py, c"monitoring")?;
     if let Some(id) = s.tool_id.take() {
         // Do not touch a tool id that someone else has taken over meanwhile.
         if is_ours(&mon, id)? {
@@ -505,7 +557,7 @@ pub(super) fn release_held_in_child(py: Python<'_>) -> PyResult<()> {
     if held().is_none() {
         return Ok(());
     }
-    let mon = py.import("sys")?.getattr("monitoring")?;
+    let mon = sys_attr(py, c"monitoring")?;
     release_held(py, &mon)
 }
 
@@ -517,6 +569,7 @@ fn release_held(py: Python<'_>, mon: &Bound<'_, PyAny>) -> PyResult<()> {
         }
         set_held(None);
     }
+    drop(take_armed());
     restore_use_tool_id(py, mon)
 }
 
@@ -530,7 +583,7 @@ pub fn hold_tool_id(py: Python<'_>, keep: bool) -> PyResult<()> {
     unsafe { *KEEP.0.get() = keep };
     // SAFETY: GIL held.
     if !keep && unsafe { session() }.is_none() && py.version_info() >= (3, 12) {
-        let mon = py.import("sys")?.getattr("monitoring")?;
+        let mon = sys_attr(py, c"monitoring")?;
         release_held(py, &mon)?;
     }
     Ok(())

@@ -163,7 +163,7 @@ impl TraceHandle {
 }
 
 pub(super) fn install_settrace(py: Python<'_>, s: &mut Session) -> PyResult<()> {
-    let previous = py.import("sys")?.getattr("gettrace")?.call0()?;
+    let previous = sys_attr(py, c"gettrace")?.call0()?;
     let prev_obj_ptr = if previous.is_none() {
         std::ptr::null_mut()
     } else {
@@ -215,9 +215,8 @@ pub(super) fn uninstall_settrace(py: Python<'_>, s: &mut Session) -> bool {
         .handle
         .as_ref()
         .map_or(std::ptr::null_mut(), |h| h.as_ptr());
-    let current = py
-        .import("sys")
-        .and_then(|sys| sys.getattr("gettrace")?.call0())
+    let current = sys_attr(py, c"gettrace")
+        .and_then(|gettrace| gettrace.call0())
         .map(|t| t.as_ptr())
         .unwrap_or(std::ptr::null_mut());
     // ours: our handle is the trace object and our C function is still the one installed
