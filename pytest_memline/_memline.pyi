@@ -22,6 +22,7 @@ __all__ = [
     "_mon_use_tool_id",
     "hold_tool_id",
     "thread_starts",
+    "table_rows",
     "probe_reader",
     "parse_size",
     "parse_percent",
@@ -159,6 +160,9 @@ def probe_reader(reader: str = "auto", peak: bool = True) -> ReaderProbe: ...
 def trim_malloc() -> bool: ...
 def thread_starts() -> int:
     """Threads started in this process since the first call (a C audit hook counts them)."""
+def table_rows(first: int, source: list[str], measured: list[LineRow]) -> tuple[LineRow, ...]:
+    """A row per source line (the first numbered ``first``), with the numbers of the measured
+    row of its line, if any."""
 def write_file(path: str, text: str) -> str: ...
 def process_peak() -> int | None: ...
 def check_write_path(path: str) -> None: ...

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["LineRow", "MemoryTable", "source_of"]
 
-from pytest_memline._memline import LineRow
+from pytest_memline._memline import LineRow, table_rows
 from pytest_memline._metrics import metric as _metric
 from pytest_memline._units import MIB, mib, printable, signed_mib  # noqa: F401  (re-exported)
 
@@ -272,15 +272,7 @@ def build_table(
         if why is not None:
             all_notes.append(why)
         else:
-            measured = {r.lineno: r for r in lines}
-            first = code.co_firstlineno
-            for i, text in enumerate(source):
-                lineno = first + i
-                m = measured.get(lineno)
-                if m is None:
-                    rows.append(LineRow(lineno, text))
-                else:
-                    rows.append(LineRow(lineno, text, m.mem_usage, m.increment, m.peak, m.occurrences))
+            rows.extend(table_rows(code.co_firstlineno, source, list(lines)))
     return MemoryTable(
         title=title,
         function=function,

@@ -1,7 +1,7 @@
 //! Python bindings of the row (`pytest_memline.LineRow`).
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::row::Row;
 
@@ -112,6 +112,60 @@ impl Row {
     }
 }
 
+/// The rows of a function's table: one per line of `source` (the function's source lines, the
+/// first numbered `first`), each with the numbers of the row of `measured` (rows of the lines
+/// that ran, without contents, as a trace gives them) for its line, if any. Built here, not in
+/// Python: a row per source line on every test made the table the largest part of memline's
+/// Python time per test on numpy's suite (a constructor call per row).
+#[pyfunction]
+fn table_rows<'py>(
+    py: Python<'py>,
+    first: u32,
+    source: &Bound<'py, PyList>,
+    measured: Vec<PyRef<'py, Row>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    // the measured row of each source line, by its offset from `first` (the last one wins)
+    let mut at: Vec<Option<usize>> = vec![None; source.len()];
+    for (k, m) in measured.iter().enumerate() {
+        if let Some(slot) = m
+            .line
+            .checked_sub(first)
+            .and_then(|off| at.get_mut(off as usize))
+        {
+            *slot = Some(k);
+        }
+    }
+    let mut rows = Vec::with_capacity(source.len());
+    for (i, text) in source.iter().enumerate() {
+        let line = u32::try_from(i)
+            .ok()
+            .and_then(|i| first.checked_add(i))
+            .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("line number overflow"))?;
+        let contents: String = text.extract()?;
+        let row = match at.get(i).copied().flatten().and_then(|k| measured.get(k)) {
+            Some(m) => Row {
+                line,
+                contents,
+                increment: m.increment,
+                peak: m.peak,
+                occurrences: m.occurrences,
+                mem_usage: m.mem_usage,
+            },
+            None => Row {
+                line,
+                contents,
+                increment: None,
+                peak: None,
+                occurrences: 0,
+                mem_usage: None,
+            },
+        };
+        rows.push(Py::new(py, row)?);
+    }
+    PyTuple::new(py, rows)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Row>()
+    m.add_class::<Row>()?;
+    m.add_function(wrap_pyfunction!(table_rows, m)?)
 }
