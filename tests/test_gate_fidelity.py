@@ -118,7 +118,10 @@ def test_5_mib_on_a_200_mib_line_and_10_mib_peak_only_are_caught(pytester: pytes
     m = re.search(r"memline: line \d+ `total = scratch\(110\)`: peak ([\d.]+) MiB -> ([\d.]+) MiB", out)
     assert m, out
     old, new = map(float, m.groups())
-    assert abs(old - 100) < 1 and abs(new - old - 10) < 1, (old, new)
+    # numpy asks for transparent huge pages on large arrays (madvise): where the kernel has
+    # them to give, the array's RSS moves in 2 MiB pages (CI read 101.1 -> 110.9 MiB here,
+    # this machine 99.8 to 100.1 MiB in other runs)
+    assert abs(old - 100) < 2.5 and abs(new - old - 10) < 2.5, (old, new)
     # each was measured again before it failed, and it showed again (counted in the FAILURES
     # section only: the short summary repeats the message, untruncated when pytest sees CI)
     failures = out.split("= FAILURES =", 1)[1].split("short test summary info", 1)[0]
