@@ -91,7 +91,6 @@ class TestOutcome:
         )
 
     def message(self) -> str:
-
         lines = [v.message(self.table) for v in self.violations]
         if self.comparison is not None and self.comparison.status == "refused":
             lines.append(f"memline: {self.comparison.reason}")
@@ -316,9 +315,7 @@ class Measurer:
         return dataclasses.replace(first, status=status, reruns=runs, reproduced=reproduced)
 
     def evaluate(self, item: pytest.Item, run: Run, trace: Any, threads: bool) -> TestOutcome:
-
         table, own, functions = self.measured(item, run, trace, threads)
-
         limits = item.stash.get(LIMITS_KEY, TestLimits())
         checked = table
         if not table.has_source and own is not None and limits.line is not None:

@@ -200,6 +200,7 @@ def source_of(
         return [], f"no per-line view: reading {filename} failed ({exc})"
     if not lines:
         return [], f"no per-line view: the source of {filename} is not available"
+    global _last_source
     cached = _last_source
     if cached is not None and cached[0] is code and cached[1] is lines:
         # the tests of one parametrized function run one after the other: same code, same
@@ -210,17 +211,12 @@ def source_of(
     if first < 1 or last > len(lines):
         return [], f"no per-line view: {filename} does not match the running code"
     found = [line.rstrip("\r\n") for line in lines[first - 1 : last]]
-    _remember_source(code, lines, found)
+    _last_source = (code, lines, found)
     return found, None
 
 
 #: the last ``source_of`` answer: (code, linecache's list of the file's lines, the source)
 _last_source: tuple[types.CodeType, list[str], list[str]] | None = None
-
-
-def _remember_source(code: types.CodeType, lines: list[str], found: list[str]) -> None:
-    global _last_source
-    _last_source = (code, lines, found)
 
 
 def build_table(

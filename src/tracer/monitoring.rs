@@ -398,19 +398,18 @@ fn arm(py: Python<'_>, mon: &Bound<'_, PyAny>, s: &mut Session, id: u8) -> PyRes
         s.mon_disable = Some(mon.getattr("DISABLE")?.unbind());
         mon.call_method1("set_events", (id, ev.py_unwind | ev.py_start))?;
     }
+    // (an armed code object is always under the held id, which is `id` here)
     let armed = match take_armed() {
         Some((armed_id, code))
             if armed_id == id && s.codes.iter().any(|c| c.as_ptr() == code.as_ptr()) =>
         {
             Some(code)
         }
-        Some((armed_id, code)) => {
-            if held() == Some(armed_id) {
-                mon.call_method1("set_local_events", (armed_id, code.bind(py), 0))?;
-            }
+        other => {
+            set_armed(other);
+            clear_armed(py, mon, id)?;
             None
         }
-        None => None,
     };
     for code in &s.codes {
         if armed.as_ref().is_some_and(|a| a.as_ptr() == code.as_ptr()) {
@@ -489,12 +488,7 @@ fn _mon_use_tool_id<'py>(
                     );
                 }
             }
-            _ => {
-                if is_ours(&mon, id.unwrap_or_default())? {
-                    drop_id(py, &mon, id.unwrap_or_default())?;
-                }
-                set_held(None);
-            }
+            _ => let_go(py, &mon, id.unwrap_or_default())?,
         }
     }
     use_tool_id_below_ours(py, &mon)?.call1((tool_id, name))
@@ -564,13 +558,20 @@ pub(super) fn release_held_in_child(py: Python<'_>) -> PyResult<()> {
 /// Frees the id held between traces (if still ours) and puts `use_tool_id` back.
 fn release_held(py: Python<'_>, mon: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Some(id) = held() {
-        if is_ours(mon, id)? {
-            drop_id(py, mon, id)?;
-        }
-        set_held(None);
+        let_go(py, mon, id)?;
     }
-    drop(take_armed());
     restore_use_tool_id(py, mon)
+}
+
+/// Stops holding `id` between traces: frees it if it is still ours, else forgets it (and the
+/// code object armed under it) without touching what is now another tool's.
+fn let_go(py: Python<'_>, mon: &Bound<'_, PyAny>, id: u8) -> PyResult<()> {
+    if is_ours(mon, id)? {
+        drop_id(py, mon, id)?;
+    }
+    set_held(None);
+    drop(take_armed());
+    Ok(())
 }
 
 /// `hold_tool_id(True)`: from now on, the `sys.monitoring` tool id stays held between traces
