@@ -16,9 +16,11 @@ class Violation:
     """One value over its limit. ``lineno`` is None for the test's own peak growth."""
 
     lineno: int | None
-    what: str  # "peak growth", "increment" or "peak"
+    what: str  # "peak growth", "increment", "peak" or "leak" (the leak check's repetitions)
     value: int
     limit: Limit
+    #: "leak": what each repetition of the body retained
+    repetitions: tuple[int, ...] = ()
 
     @property
     def excess(self) -> int:
@@ -28,6 +30,10 @@ class Violation:
         limit = f"{_size(self.limit.value)} ({self.limit.source})"
         desc = metric(table.metric if table is not None else "rss")
         what = desc.noun
+        if self.what == "leak":
+            from pytest_memline._around import leak_message
+
+            return leak_message(self.value, self.limit, desc.name, self.repetitions)
         if self.lineno is None:
             return (
                 f"memline: test peak {desc.short} growth of {mib(self.value)} is over the test limit "

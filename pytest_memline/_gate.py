@@ -55,6 +55,7 @@ def entry_of(
         "function": table.function,
         "filename": filename,
         "peak_growth": table.peak_growth,
+        **({"retained": table.around.retained} if table.around is not None and table.around.retained is not None else {}),
         "lines": [r.to_dict() for r in table.rows],
     }
 

@@ -27,6 +27,8 @@ MISSING_BASELINE_CHOICES = ("warn", "fail")
 #: Bounds of ``samples`` and ``confirm``.
 MAX_SAMPLES = 100
 MAX_CONFIRM = 20
+#: Bound of ``leak_runs``: each repetition runs the test body once more.
+MAX_LEAK_RUNS = 20
 
 GROUP = ("memline", "line-by-line memory tables and budgets (pytest-memline)")
 
@@ -122,7 +124,8 @@ KEYS: tuple[Key, ...] = (
         "(also: [tool.memline] enabled = true)."),
     Key("test_limit", "size", rule=True, marker="test"),
     Key("line_limit", "size", rule=True, marker="line"),
-    # per test only (a marker or a rule): `pytest --memline` itself is the run-wide switch
+    # what a test may leave behind after its teardown (retained memory)
+    Key("leak_limit", "size", rule=True, marker="leak"),
     Key("trace", "bool", True, config=False, rule=True, marker="trace"),
     Key("tables", "choice", "failed", TABLES_CHOICES, option="--memline-tables",
         cli=_choices(TABLES_CHOICES),
@@ -160,6 +163,13 @@ KEYS: tuple[Key, ...] = (
         cli=(("type", _bounded_int(0, MAX_CONFIRM)), ("metavar", "N")),
         help="measure a test that looks regressed N more times, in a forked process, and "
         "fail it only when most of them show it again (default 3; 0: fail at once)."),
+    Key("leak_runs", "whole", None, (1, MAX_LEAK_RUNS), rule=True, marker="leak_runs",
+        option="--memline-leak-runs",
+        cli=(("type", _bounded_int(1, MAX_LEAK_RUNS)), ("metavar", "N")),
+        help="confirm leaks: run each test body N more times in a forked process and report "
+        "what each repetition retained; a leak limit then fails a test only when every "
+        "repetition retained more than it (off by default)."),
+    # per test only (a marker or a rule): `pytest --memline` itself is the run-wide switch
     Key("accept", "globs", (), option="--memline-accept",
         cli=(("action", "append"), ("metavar", "GLOB")),
         help="tests (node ids or globs, repeatable) whose regressions are intended: reported, "

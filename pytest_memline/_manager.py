@@ -5,6 +5,7 @@ them when they were local)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_memline import _memline, _preflight
+from pytest_memline._around import AROUND_KEY, Around, AroundTracker, leak_message
 from pytest_memline._gate import Comparison, Gate, render_diff
 from pytest_memline._items import calls_pyfunc_call
 from pytest_memline._measure import (
@@ -74,6 +76,11 @@ class MemlinePlugin:
         self.results = RunResults(settings, self.gate)
         # tables measured in this process, waiting for their report (no xdist)
         self.local_tables: dict[str, tuple[Any, tuple[Any, ...]]] = {}
+        worker = config.workerinput.get("workerid") if self.is_worker else None  # type: ignore[attr-defined]
+        self.around = AroundTracker(self.measure, settings.reader, worker)
+        self.measure.around = self.around
+        # results whose call has reported, waiting for their teardown's figures
+        self.pending: dict[str, tuple[TestResult, bool, Any, pytest.TestReport]] = {}
         if self.isolating(config):
             from pytest_memline._isolate import Isolator
 
@@ -183,11 +190,54 @@ class MemlinePlugin:
         except MarkerError as exc:
             error = str(exc)
         else:
-            item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
+            limits = item.stash[LIMITS_KEY] = self.settings.limits_for(item.nodeid, marker)
+            if limits.trace:
+                self.around.begin(item, limits.metric)
             return
         # Outside the except block: failing inside it chains the MarkerError, and pytest then
         # prints the message twice ("During handling of the above exception ...").
         pytest.fail(error, pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, object, object]:
+        # a fixture of a wider scope than the test's: its growth is charged to this test once
+        start = self.around.fixture_setup(fixturedef.scope)
+        if start is None:
+            return (yield)
+        try:
+            return (yield)
+        finally:
+            self.around.fixture_done(fixturedef.argname, fixturedef.scope, start)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        """After every other teardown: what the test left behind, and its leak limit."""
+        try:
+            result = yield
+        except BaseException:
+            self._ended(item)  # measured all the same; the teardown's own error is reported
+            raise
+        failure = self._ended(item)
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
+        return result
+
+    def _ended(self, item: pytest.Item) -> str | None:
+        """The test's figures after its teardown; the leak limit's message when it is over."""
+        around = self.around.end(item)
+        if around is None or around.left is None:
+            return None
+        if self.measure.junit:
+            item.user_properties.append(("memline_retained", around.retained))
+        limits = item.stash.get(LIMITS_KEY, None)
+        if limits is None or limits.leak is None or limits.leak_runs:
+            # with leak_runs the repetitions decide (see Measurer.check_leaks)
+            return None
+        if around.left <= limits.leak.value:
+            return None
+        failure = leak_message(around.left, limits.leak, around.metric)
+        item.stash[LEAK_KEY] = failure
+        return failure
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
@@ -207,6 +257,13 @@ class MemlinePlugin:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
+        if call.when == "teardown":
+            around = item.stash.get(AROUND_KEY, None)
+            if around is not None and around.after is not None:
+                del item.stash[AROUND_KEY]
+                leak = item.stash.get(LEAK_KEY, None)
+                report.memline = {"around": around.to_dict(), "leak": leak}  # type: ignore[attr-defined]
+            return report
         if call.when != "call":
             return report
         isolator = self.measure.isolator
@@ -233,7 +290,9 @@ class MemlinePlugin:
         # items live as long as the session: keep nothing on them (what a test still costs for
         # the rest of the run, under 0.5 KiB: tests/test_compat_hostile.py)
         del item.stash[OUTCOME_KEY]
-        table = outcome.table
+        # the fixtures' figures and the leak check's repetitions (the rest after the teardown)
+        table = outcome.table.with_around(item.stash.get(AROUND_KEY, None))
+        outcome = dataclasses.replace(outcome, table=table)
         if report.failed:
             comparison = outcome.comparison
             if comparison is not None and comparison.diff and outcome.failed:
@@ -266,7 +325,16 @@ class MemlinePlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "memline", None)
-        if data is None or report.when != "call" or self.is_worker:
+        if self.is_worker:
+            return
+        if report.when == "teardown":
+            if data is not None:
+                del report.memline  # type: ignore[attr-defined]
+            pending = self.pending.pop(report.nodeid, None)
+            if pending is not None:
+                self._finish(pending, data)
+            return
+        if data is None or report.when != "call":
             return
         # the terminal reporter keeps every report until the end of the run: once read here,
         # the table data would only weigh on it (see test_ten_thousand_tests_keep_the_plugin_flat)
@@ -291,8 +359,28 @@ class MemlinePlugin:
         result = TestResult(
             report.nodeid, report.outcome, table, included, tuple(data["violations"]), comparison
         )
-        self.results.add(result, report.passed, data.get("thresholds"))
         self._colour_diff(report, comparison)
+        # counted when its teardown has reported what the test left behind
+        self.pending[report.nodeid] = (result, report.passed, data.get("thresholds"), report)
+
+    def _finish(
+        self, pending: tuple[TestResult, bool, Any, pytest.TestReport], data: dict[str, Any] | None
+    ) -> None:
+        """A test's result, with its teardown's figures when they came (``data``), into the
+        run's results; the table in its call report's failure section gets them too."""
+        result, passed, thresholds, call_report = pending
+        if data is not None:
+            around = Around.from_dict(data["around"]).merged(result.table.around)
+            old = result.table
+            result.table = old.with_around(around)
+            if data.get("leak"):
+                result.violations = (*result.violations, data["leak"])
+                result.outcome = "failed"
+                passed = False
+            for i, (name, text) in enumerate(call_report.sections):
+                if name == SECTION_TABLE:
+                    call_report.sections[i] = (name, text.replace(old.render(), result.table.render()))
+        self.results.add(result, passed, thresholds)
 
     def _colour_diff(self, report: pytest.TestReport, comparison: Any) -> None:
         """Colours the diff section on a terminal that supports it (never in files)."""
@@ -333,6 +421,9 @@ class MemlinePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
+            for pending in list(self.pending.values()):
+                self._finish(pending, None)  # a teardown that never reported (a crashed worker)
+            self.pending.clear()
             self._warn_unmatched_rules(session)
             self.results.finish()
             if self.results.write_errors and session.exitstatus == pytest.ExitCode.OK:
@@ -366,6 +457,9 @@ class MemlinePlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self.results.write_terminal(terminalreporter, isolated=self.measure.isolator is not None)
 
+
+#: On the item after its teardown: the leak limit's message, for the teardown's report.
+LEAK_KEY = pytest.StashKey[str]()
 
 #: Python 3.11: while a trace function is set, CPython calls a C type's method through a
 #: temporary bound method (for the profiler's C_CALL event), which holds one more reference to

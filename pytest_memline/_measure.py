@@ -130,6 +130,8 @@ class Measurer:
         self._full_collections = True
         #: in a forked child: why its file-backed pages could not be mapped like the parent's
         self.unmapped: str | None = None
+        #: measures around each test's body (``_around.AroundTracker``), set by the manager
+        self.around: Any = None
 
     def start_child(self) -> None:
         """In a forked child, before it measures: the parent's objects are frozen out of the
@@ -177,9 +179,14 @@ class Measurer:
             trace = self.native.stop()
             outcome = self.evaluate(item, run, trace, threads_done())
             item.stash[OUTCOME_KEY] = outcome
+            if self.around is not None:
+                self.around.body(item, trace.start_rss, trace.end_rss)
             # on the item, so that the call and teardown reports (junitxml reads the latter) carry it
             if self.junit:
                 item.user_properties.append(("memline_peak_growth", outcome.table.peak_growth))
+        if outcome.limits.leak_runs and self.around is not None:
+            outcome = self.check_leaks(item, run, outcome, time.perf_counter() - began)
+            item.stash[OUTCOME_KEY] = outcome
         comparison = outcome.comparison
         if comparison is not None and comparison.regressed and self.can_confirm(run):
             outcome = self.confirm(item, run, outcome, time.perf_counter() - began)
@@ -235,6 +242,47 @@ class Measurer:
             # (and by the plugin between tests) goes back to the kernel instead of being reused
             # silently by this test's allocations
             self.native.trim_malloc()
+
+    def check_leaks(self, item: pytest.Item, run: Run, outcome: TestOutcome, duration: float) -> TestOutcome:
+        """The leak check: the body runs ``leak_runs`` more times, in a forked child of this
+        process (what they leave stays there; caches the first run filled are warm there, so
+        filling a cache once is not a leak), and each run's retained memory is measured after
+        a collection and a trim. With a leak limit, the test fails when every run retained
+        more than the limit."""
+        from pytest_memline import _fork
+        from pytest_memline._around import repeat_body
+        from pytest_memline._budget import Violation
+
+        limits = outcome.limits
+        runs = int(limits.leak_runs or 0)
+        reader = self.settings.reader
+
+        def work() -> list[int]:
+            self.start_child()
+            return repeat_body(self, item, run.metric, reader, runs)
+
+        error = None
+        repetitions: list[int] = []
+        in_child = self.isolator is not None and self.isolator.in_child
+        try:
+            if in_child or not _fork.available():
+                # isolated, this is already a fork that ends with the test
+                repetitions = repeat_body(self, item, run.metric, reader, runs)
+            else:
+                repetitions = _fork.run_in_child(work, CONFIRM_TIMEOUT + 4 * (runs + 1) * duration)
+        except _fork.ForkError as exc:
+            error = str(exc)
+        except Exception as exc:  # in place: a repetition of the body failed
+            error = f"repetition failed: {type(exc).__name__}: {exc}"
+        self.around.body(item, repetitions=repetitions, error=error)
+        leak = limits.leak
+        if leak is None or error is not None or len(repetitions) < runs:
+            return outcome
+        least = min(repetitions)
+        if least <= leak.value:
+            return outcome
+        found = Violation(None, "leak", least, leak, tuple(repetitions))
+        return dataclasses.replace(outcome, violations=[*outcome.violations, found])
 
     def can_confirm(self, run: Run) -> bool:
         from pytest_memline import _fork

@@ -23,6 +23,8 @@ def mem_limit(
     noise_floor: object = None,
     metric: object = None,
     trace: object = None,
+    leak: object = None,
+    leak_runs: object = None,
 ) -> None:
     """The ``mem_limit`` marker's signature: its arguments are bound to it (see
     ``_settings.parse_marker``); each keyword is the setting of ``_keys.MARKER_KEYS``."""
@@ -41,13 +43,14 @@ MARKER_DOC = (
     "int of bytes); with --memline-compare, `tolerance` ('20%') and `noise_floor` ('2MiB') set "
     "how much growth over the baseline this test may show; `metric` ('rss' or 'heap') what is "
     "measured; `trace=False` runs the test untraced (for tests that check reference counts: see "
-    "the README)."
+    "the README); `leak` ('1MiB') how much memory the test may leave behind after its "
+    "teardown; `leak_runs` (3) how many more times its body runs to confirm a leak."
 )
 #: The accepted calls, for error messages.
 MARKER_USAGE = (
-    'mem_limit(test, *, line, tolerance, noise_floor, metric, trace), e.g. mem_limit("60MiB"), '
-    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB"), mem_limit(tolerance="20%") or '
-    "mem_limit(trace=False)"
+    "mem_limit(test, *, line, tolerance, noise_floor, metric, trace, leak, leak_runs), e.g. "
+    'mem_limit("60MiB"), mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB"), '
+    'mem_limit(tolerance="20%"), mem_limit(leak="1MiB", leak_runs=3) or mem_limit(trace=False)'
 )
 
 

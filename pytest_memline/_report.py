@@ -66,6 +66,9 @@ def json_report(results: RunResults) -> str:
         "baseline": s.compare,
         "summary": dict(results.figures()),
         "tests": {nodeid: t.to_json() for nodeid, t in sorted(results.tests.items())},
+        # the process's memory at each test's boundaries, in the order the tests reported
+        "session": results.timeline,
+        "top_retainers": [{"test": n, "left": left} for left, n in results.top_retainers()],
     }
     return json.dumps(doc, indent=2) + "\n"
 

@@ -45,6 +45,8 @@ class TestResult:
         return {
             "outcome": self.outcome,
             "peak_growth": self.table.peak_growth,
+            # what the test left after its teardown (see "around" in the table)
+            "retained": self.table.around.retained if self.table.around is not None else None,
             "violations": list(self.violations),
             "table": self.table.to_dict(),
             "comparison": self.comparison.to_dict() if self.comparison else None,
@@ -78,6 +80,11 @@ class RunResults:
     #: the report files written, and one line per file that could not be (the run then fails)
     written: list[str] = field(default_factory=list)
     write_errors: list[str] = field(default_factory=list)
+    #: candidates for the top retainers: (memory left behind, node id)
+    retainers: list[tuple[int, str]] = field(default_factory=list)
+    #: the process's memory at each test's boundaries, in the order the tests reported (kept
+    #: only for the JSON report)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, result: TestResult, passed: bool, thresholds: Mapping[str, Any] | None) -> None:
         self.traced += 1
@@ -85,6 +92,9 @@ class RunResults:
             self.over_budget.append((result.nodeid, result.violations[0]))
         self.gate.record(result.nodeid, result.table, passed, result.comparison, thresholds)
         self._remember_top(result.nodeid, result.table)
+        around = result.table.around
+        if around is not None:
+            self._remember_around(result.nodeid, around)
         if self.settings.tables == "all":
             self.show(result.table, *result.included)
         if self.settings.json_report is not None:
@@ -105,6 +115,28 @@ class RunResults:
                 self.top.append((row.increment, nodeid, row.lineno, row.contents.strip()))
         if len(self.top) > 4 * n:
             self.top = self.top_lines()
+
+    def _remember_around(self, nodeid: str, around: Any) -> None:
+        left = around.left
+        n = self.settings.top
+        if n > 0 and left is not None and left >= SHOWN_AS_NONZERO:
+            self.retainers.append((left, nodeid))
+            if len(self.retainers) > 4 * n:
+                self.retainers = self.top_retainers()
+        if self.settings.json_report is not None:
+            self.timeline.append(
+                {
+                    "test": nodeid,
+                    "worker": around.worker,
+                    "before_setup": around.before,
+                    "after_call": around.body_end,
+                    "after_teardown": around.after,
+                }
+            )
+
+    def top_retainers(self) -> list[tuple[int, str]]:
+        """The `top` tests that left the most behind, largest first."""
+        return sorted(self.retainers, key=lambda e: (-e[0], e[1]))[: self.settings.top]
 
     def top_lines(self) -> list[tuple[int, str, int, str]]:
         """The `top` largest increments, largest first; equal ones by node id and line, so the
@@ -170,6 +202,13 @@ class RunResults:
             tr.write_sep("=", f"memline: top {count(len(top), 'line')} by increment")
             for inc, nodeid, lineno, contents in top:
                 tr.write_line(f"{mib(inc):>12}  {nodeid}:{lineno}  {printable(contents[:80])}")
+        if s.top > 0 and self.retainers:
+            retainers = self.top_retainers()
+            tr.write_sep(
+                "=", f"memline: top {count(len(retainers), 'test')} by memory left after teardown"
+            )
+            for left, nodeid in retainers:
+                tr.write_line(f"{mib(left):>12}  {printable(nodeid)}")
         summary = self.figures()
         if s.compare is not None:
             tr.write_sep("=", f"memline: against {display(s.compare)}")

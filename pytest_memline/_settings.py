@@ -72,6 +72,8 @@ class Rule:
     tolerance: Tolerance | None = None
     noise_floor: Limit | None = None
     trace: bool | None = None
+    leak_limit: Limit | None = None
+    leak_runs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class TestLimits:
     #: with where that was set
     trace: bool = True
     trace_source: str = ""
+    #: what the test may leave behind after its teardown
+    leak: Limit | None = None
+    #: how many more times the body runs to confirm a leak (None: not repeated)
+    leak_runs: int | None = None
 
     __test__ = False  # not a test class, whatever its name
 
@@ -101,6 +107,8 @@ class MarkerLimits:
     noise_floor: Limit | None = None
     metric: str | None = None
     trace: bool | None = None
+    leak: Limit | None = None
+    leak_runs: int | None = None
 
 
 NO_RULE = Rule("")
@@ -121,6 +129,8 @@ class Settings:
     config_file: str | None = None
     test_limit: Limit | None = None
     line_limit: Limit | None = None
+    leak_limit: Limit | None = None
+    leak_runs: int | None = None
     rules: tuple[Rule, ...] = ()
     tolerance: Tolerance = Tolerance(DEFAULT_TOLERANCE, "default")
     noise_floor: Limit = Limit(DEFAULT_NOISE_FLOOR, "default")
@@ -162,6 +172,8 @@ class Settings:
             metric=m.metric or self.metric,
             trace=trace,
             trace_source=trace_source,
+            leak=m.leak or rule.leak_limit or self.leak_limit,
+            leak_runs=m.leak_runs or rule.leak_runs or self.leak_runs,
         )
 
     @functools.cached_property
@@ -172,6 +184,8 @@ class Settings:
             tolerance=self.tolerance,
             noise_floor=self.noise_floor,
             metric=self.metric,
+            leak=self.leak_limit,
+            leak_runs=self.leak_runs,
         )
 
 
@@ -272,6 +286,8 @@ def resolve(
         config_file=config_file,
         test_limit=limit("test_limit"),
         line_limit=limit("line_limit"),
+        leak_limit=limit("leak_limit"),
+        leak_runs=None if value("leak_runs") is None else int(value("leak_runs")),
         rules=tuple(rules),
         tolerance=tolerance("tolerance"),
         noise_floor=limit("noise_floor") or Limit(DEFAULT_NOISE_FLOOR, "default"),
@@ -434,6 +450,14 @@ def parse_marker(mark: pytest.Mark | None, nodeid: str) -> MarkerLimits | None:
         elif kind == "bool":
             if not isinstance(raw, bool):
                 raise MarkerError(f"{nodeid}: {name}({keyword}={raw!r}): expected True or False")
+            out[keyword] = raw
+        elif kind == "whole":
+            low, high = MARKER_KEYS[keyword].arg
+            if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+                raise MarkerError(
+                    f"{nodeid}: {name}({keyword}={raw!r}): expected a whole number from {low} "
+                    f"to {high}"
+                )
             out[keyword] = raw
         elif raw not in MARKER_KEYS[keyword].arg:  # a choice
             choices = " or ".join(repr(c) for c in MARKER_KEYS[keyword].arg)

@@ -74,6 +74,8 @@ class MemoryTable:
     role: str = "test"
     #: decimals of the sizes when rendered (memory_profiler's ``precision``; not in to_dict)
     precision: int = 1
+    #: a test's memory around its body (``_around.Around``): fixtures, teardown, retained
+    around: Any = None
 
     @property
     def lines(self) -> tuple[LineRow, ...]:
@@ -89,6 +91,9 @@ class MemoryTable:
             if r.lineno == lineno:
                 return r
         return None
+
+    def with_around(self, around: Any) -> MemoryTable:
+        return self if around is None or around is self.around else dataclasses.replace(self, around=around)
 
     def with_marks(self, marked: Iterable[int]) -> MemoryTable:
         marks = frozenset(marked)
@@ -117,6 +122,8 @@ class MemoryTable:
                     f"end {signed_mib(self.end_rss - self.start_rss, p)}"
                 )
             out.append(summary)
+            if self.around is not None:
+                out.extend(self.around.header_lines(p))
             out.extend(f"note: {n}" for n in self.notes)
             if any(r.occurrences > 1 for r in self.rows):
                 out.append(f"note: {PER_RUN_NOTE}")
@@ -133,7 +140,7 @@ class MemoryTable:
         return m.exact_label if self.exact_peak else m.sampled_label
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "title": self.title,
             "function": self.function,
             "filename": self.filename,
@@ -146,6 +153,9 @@ class MemoryTable:
             "role": self.role,
             "lines": [r.to_dict() for r in self.rows],
         }
+        if self.around is not None:
+            d["around"] = self.around.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MemoryTable:
@@ -161,7 +171,16 @@ class MemoryTable:
             metric=str(d.get("metric", "rss")),
             notes=tuple(str(n) for n in d.get("notes", ())),
             role=str(d.get("role", "test")),
+            around=_around_of(d.get("around")),
         )
+
+
+def _around_of(d: Mapping[str, Any] | None) -> Any:
+    if d is None:
+        return None
+    from pytest_memline._around import Around
+
+    return Around.from_dict(d)
 
 
 def _display_path(filename: str) -> str:

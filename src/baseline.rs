@@ -54,6 +54,10 @@ pub struct Entry {
     pub filename: String,
     /// The test's peak growth in each saved run, oldest first (never empty).
     pub peak_growth: Vec<i64>,
+    /// What the test left behind after its teardown in each saved run that measured it,
+    /// oldest first (informational: not gated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<i64>,
     pub lines: Vec<HistRow>,
 }
 
@@ -67,6 +71,8 @@ pub struct Measured {
     pub function: String,
     pub filename: String,
     pub peak_growth: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained: Option<i64>,
     pub lines: Vec<Row>,
 }
 
@@ -114,6 +120,7 @@ impl Entry {
             function: m.function,
             filename: m.filename,
             peak_growth: vec![m.peak_growth],
+            retained: m.retained.into_iter().collect(),
             lines: m.lines.iter().map(HistRow::from_row).collect(),
         }
     }
@@ -164,6 +171,10 @@ impl Entry {
             function: m.function,
             filename: m.filename,
             peak_growth: push(&self.peak_growth, m.peak_growth, keep, t),
+            retained: match m.retained {
+                Some(r) => push(&self.retained, r, keep, t),
+                None => self.retained.clone(),
+            },
             lines,
         }
     }
@@ -314,6 +325,9 @@ impl Baseline {
                 "      \"peak_growth\": {},\n",
                 list(&e.peak_growth)
             ));
+            if !e.retained.is_empty() {
+                out.push_str(&format!("      \"retained\": {},\n", list(&e.retained)));
+            }
             out.push_str("      \"lines\": [");
             for (j, row) in e.lines.iter().enumerate() {
                 out.push_str(if j == 0 { "\n        " } else { ",\n        " });
@@ -473,6 +487,7 @@ mod tests {
             function: "test_x".into(),
             filename: "tests/test_x.py".into(),
             peak_growth: peak,
+            retained: None,
             lines: vec![
                 Row {
                     line: 1,
@@ -540,6 +555,34 @@ mod tests {
         assert!(text.find("t.py::a[x-1]").unwrap() < text.find("t.py::b").unwrap());
         let empty = Baseline::new("rss", "3.12", "linux");
         assert_eq!(Baseline::parse(&empty.to_text()).unwrap(), empty);
+    }
+
+    #[test]
+    fn retained_samples_are_kept_and_a_run_without_them_keeps_the_old_ones() {
+        let mut m = measured(5);
+        m.retained = Some(3 * M);
+        let e = Entry::first(m.clone());
+        assert_eq!(e.retained, vec![3 * M]);
+        m.retained = Some(3 * M + 4096);
+        let e = e.record(m.clone(), 5, t());
+        assert_eq!(e.retained, vec![3 * M, 3 * M + 4096]);
+        m.retained = None;
+        let e = e.record(m, 5, t());
+        assert_eq!(e.retained, vec![3 * M, 3 * M + 4096]);
+        let mut b = baseline(&[("t.py::a", 5)]);
+        b.tests.insert("t.py::a".into(), e);
+        let text = b.to_text();
+        assert!(
+            text.contains(&format!("\"retained\": [{},{}],", 3 * M, 3 * M + 4096)),
+            "{text}"
+        );
+        assert_eq!(Baseline::parse(&text).unwrap(), b);
+        // entries saved before retained memory was measured have none, and say nothing
+        let old = baseline(&[("t.py::b", 1)]).to_text();
+        assert!(!old.contains("retained"), "{old}");
+        assert!(Baseline::parse(&old).unwrap().tests["t.py::b"]
+            .retained
+            .is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -234,6 +234,15 @@ fn process_peak() -> Option<u64> {
     crate::rss::process_peak()
 }
 
+/// The process's RSS now (bytes), read as traces read it (`reader`: "auto", "procfs" or
+/// "portable"): what memline measures around a test, outside its trace.
+#[pyfunction]
+#[pyo3(signature = (reader = "auto"))]
+fn rss_now(reader: &str) -> PyResult<u64> {
+    let kind = ReaderKind::parse(reader).map_err(PyValueError::new_err)?;
+    crate::meter::rss::rss_now(kind).map_err(PyRuntimeError::new_err)
+}
+
 /// Returns the free memory of glibc's heaps to the kernel (`malloc_trim(0)`, which also releases
 /// free pages in the middle of a heap). False where there is no glibc malloc.
 #[pyfunction]
@@ -311,6 +320,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(thread_starts, m)?)?;
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(process_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(rss_now, m)?)?;
     m.add_function(wrap_pyfunction!(check_write_path, m)?)?;
     m.add_function(wrap_pyfunction!(check_read_path, m)?)?;
     m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;

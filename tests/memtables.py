@@ -14,6 +14,12 @@ SUMMARY = re.compile(
     r"^(?P<label>.+): start (?P<start>[\d.]+) MiB, peak growth (?P<growth>[+-][\d.]+) MiB, "
     r"end (?P<end>[+-][\d.]+) MiB$"
 )
+AROUND = re.compile(
+    r"^around the body: (?:fixtures (?P<fixtures>[-+]\d+\.\d+) MiB at setup)?(?:, )?"
+    r"(?:teardown (?P<teardown>[-+]\d+\.\d+) MiB)?(?:, )?"
+    r"(?:retained (?P<retained>[-+]\d+\.\d+) MiB after teardown)?$"
+)
+LEAK_RUN = re.compile(r"([-+]\d+\.\d+) MiB")
 HEADER = re.compile(r"^Line #\s+Mem usage\s+Increment\s+Peak\s+Occurrences\s+Line Contents$")
 RAN = re.compile(
     r"^(?P<mark>[> ])\s*(?P<lineno>\d+)\s+(?P<mem>-?[\d.]+) MiB\s+(?P<inc>-?[\d.]+) MiB"
@@ -43,6 +49,13 @@ class Table:
     end: float
     notes: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
+    #: "around the body: fixtures +X MiB at setup, teardown +Y MiB, retained +Z MiB after
+    #: teardown" (MiB), when the table says it
+    fixtures: float | None = None
+    teardown: float | None = None
+    retained: float | None = None
+    #: "leak check: N more runs of the body retained +A MiB, +B MiB (slope ...)" (MiB)
+    leak_runs: list[float] = field(default_factory=list)
 
     def row(self, contents: str) -> Row:
         """The row whose source line is `contents` (indentation ignored); exactly one."""
@@ -74,7 +87,16 @@ def parse_tables(output: str) -> list[Table]:
             end=float(summary["end"]),
         )
         i += 2
-        while i < len(lines) and lines[i].startswith("note: "):
+        if i < len(lines) and (m := AROUND.match(lines[i])):
+            table.fixtures = float(m["fixtures"]) if m["fixtures"] else None
+            table.teardown = float(m["teardown"]) if m["teardown"] else None
+            table.retained = float(m["retained"]) if m["retained"] else None
+            i += 1
+        while i < len(lines) and (lines[i].startswith("note: ") or lines[i].startswith("leak check: ")):
+            if lines[i].startswith("leak check: "):
+                table.leak_runs = [float(v) for v in LEAK_RUN.findall(lines[i].split("(slope")[0])]
+                i += 1
+                continue
             table.notes.append(lines[i].removeprefix("note: "))
             i += 1
         if i + 2 < len(lines) and lines[i] == "" and HEADER.match(lines[i + 1]):

@@ -12,9 +12,9 @@ SIZE_FORMS = (
     "GiB, TiB (powers of 1024), e.g. '60MiB', '1.5 GiB', '512KiB'"
 )
 USAGE = (
-    'mem_limit(test, *, line, tolerance, noise_floor, metric, trace), e.g. mem_limit("60MiB"), '
-    'mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB"), mem_limit(tolerance="20%") or '
-    "mem_limit(trace=False)"
+    "mem_limit(test, *, line, tolerance, noise_floor, metric, trace, leak, leak_runs), e.g. "
+    'mem_limit("60MiB"), mem_limit("60MiB", line="5MiB"), mem_limit(line="5MiB"), '
+    'mem_limit(tolerance="20%"), mem_limit(leak="1MiB", leak_runs=3) or mem_limit(trace=False)'
 )
 
 BAD_MARKERS = """
@@ -108,8 +108,8 @@ def run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
         pytest.param(
             '[tool.memline]\ntest_limt = "60MiB"\n',
             'ERROR: memline: pyproject.toml: [tool.memline]: unknown key "test_limt"; known keys: '
-            "enabled, test_limit, line_limit, tables, top, peak, metric, baseline, noise_floor, "
-            "tolerance, samples, confirm, accept, missing_baseline, isolate, include, malloc, limits",
+            "enabled, test_limit, line_limit, leak_limit, tables, top, peak, metric, baseline, noise_floor, "
+            "tolerance, samples, confirm, leak_runs, accept, missing_baseline, isolate, include, malloc, limits",
             id="unknown-key",
         ),
         pytest.param(

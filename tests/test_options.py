@@ -104,6 +104,7 @@ OPTIONS = [
     "--memline-tolerance",
     "--memline-samples",
     "--memline-confirm",
+    "--memline-leak-runs",
     "--memline-accept",
     "--memline-missing-baseline",
     "--memline-isolate",
@@ -137,7 +138,7 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
 def test_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers", "-p", "no:asyncio")
     result.stdout.fnmatch_lines(
-        ["@pytest.mark.mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None, metric=None, trace=None): pytest-memline budgets. *"]
+        ["@pytest.mark.mem_limit(test=None, *, line=None, tolerance=None, noise_floor=None, metric=None, trace=None, leak=None, leak_runs=None): pytest-memline budgets. *"]
     )
 
 

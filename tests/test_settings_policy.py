@@ -68,6 +68,28 @@ def test_paths_rules_accept_and_peak(tmp_path: Path) -> None:
         resolve(options(prune=True), None, None, tmp_path, tmp_path)
 
 
+def test_leak_settings_marker_beats_rule_beats_config(tmp_path: Path) -> None:
+    cfg = config(
+        '[tool.memline]\nleak_limit = "50MiB"\nleak_runs = 2\n'
+        '[[tool.memline.limits]]\nmatch = "t::ruled*"\nleak_limit = "4MiB"\nleak_runs = 5\n'
+    )
+    s = resolve(options(), cfg, "pyproject.toml", tmp_path, tmp_path)
+    plain = s.limits_for("t::plain", None)
+    assert plain.leak is not None and (plain.leak.value, plain.leak_runs) == (50 * MIB, 2)
+    assert plain.leak.source == "pyproject.toml [tool.memline] leak_limit"
+    ruled = s.limits_for("t::ruled", None)
+    assert ruled.leak is not None and (ruled.leak.value, ruled.leak_runs) == (4 * MIB, 5)
+    assert ruled.leak.source.endswith("[[tool.memline.limits]] #1 (match = 't::ruled*')")
+    marked = s.limits_for("t::ruled", parse_marker(mark(leak="1MiB"), "t::ruled"))
+    assert marked.leak is not None and (marked.leak.value, marked.leak_runs) == (MIB, 5)
+    # the command line sets how many runs confirm a leak for every test
+    cli = resolve(options(leak_runs=3), cfg, "pyproject.toml", tmp_path, tmp_path)
+    assert cli.limits_for("t::plain", None).leak_runs == 3
+    # nothing set: no limit, no repetitions
+    none = resolve(options(), None, None, tmp_path, tmp_path).limits_for("t::x", None)
+    assert none.leak is None and none.leak_runs is None
+
+
 def mark(*args: object, **kwargs: object) -> pytest.Mark:
     return pytest.mark.mem_limit(*args, **kwargs).mark
 
@@ -99,9 +121,15 @@ def test_marker_values() -> None:
     assert got.test.source == "@pytest.mark.mem_limit"
     assert parse_marker(None, "t") is None
     # every marker keyword is a setting of the table
-    assert set(_keys.MARKER_KEYS) == {"test", "line", "tolerance", "noise_floor", "metric", "trace"}
+    assert set(_keys.MARKER_KEYS) == {
+        "test", "line", "tolerance", "noise_floor", "metric", "trace", "leak", "leak_runs"
+    }
     got = parse_marker(mark(trace=False), "t")
     assert got is not None and got.trace is False
+    got = parse_marker(mark(leak="1MiB", leak_runs=3), "t")
+    assert got is not None and (got.leak.value, got.leak.source, got.leak_runs) == (
+        MIB, "@pytest.mark.mem_limit", 3
+    )
 
 
 def test_a_rule_that_matches_no_test_is_named_with_the_closest_id(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@
 //! knew of more than one metric.
 
 mod heap;
-mod rss;
+pub mod rss;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

@@ -46,6 +46,23 @@ impl RssMeter {
     }
 }
 
+/// The process's RSS now (bytes), outside a trace: through the last trace's reader when it
+/// reads the same way in this process (one `pread`), else through a new one.
+pub fn rss_now(kind: ReaderKind) -> Result<u64, String> {
+    // SAFETY: GIL held (called from Python).
+    let spare = unsafe { &mut *SPARE.0.get() };
+    if let Some((k, _, reader)) = spare.as_mut() {
+        if *k == kind && reader.pid == std::process::id() {
+            return reader
+                .current()
+                .ok_or_else(|| "memline: cannot read RSS".to_string());
+        }
+    }
+    RssReader::open(kind, false)?
+        .current()
+        .ok_or_else(|| "memline: cannot read RSS".to_string())
+}
+
 impl Meter for RssMeter {
     #[inline(always)]
     fn sample(&mut self) -> Option<(u64, u64)> {

@@ -1,0 +1,301 @@
+"""Around the body: what a test's fixtures added, what its teardown released, and what the test
+left behind (retained memory), measured for every traced test; and the leak check, which runs
+the body again in a forked process and reports what each repetition retained.
+
+A test's figures, in the metric's unit (RSS bytes, or heap bytes under ``metric = "heap"``):
+
+- ``before``: read before its setup (right after the previous test's teardown, whose garbage
+  was collected and malloc trimmed then);
+- ``body_start`` / ``body_end``: the start and end of its traced body (the table's);
+- ``after``: after its teardown, once cyclic garbage is collected and malloc trimmed.
+
+``retained = after - before``. Fixtures of a wider scope (module, class, package, session)
+that were set up for this test stay alive after it: their growth is charged here, once, where
+they were set up (``wider``), and ``left = retained - charged`` is what the leak limit judges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_memline._units import mib, signed_mib
+
+if TYPE_CHECKING:
+    from pytest_memline._settings import Limit
+
+#: Growth below this is not named in the header (it shows as 0.0 MiB).
+SHOWN_AS_NONZERO = 2**20 // 20 + 1
+#: On the item: the test's figures from setup to the end of its body (see ``Around``).
+AROUND_KEY = pytest.StashKey["Around"]()
+
+
+@dataclass(frozen=True)
+class Around:
+    """A test's memory around its body (see the module's docstring)."""
+
+    metric: str
+    before: int
+    body_start: int | None = None
+    body_end: int | None = None
+    after: int | None = None
+    #: fixtures of a wider scope set up for this test: (name, scope, growth while set up)
+    wider: tuple[tuple[str, str, int], ...] = ()
+    #: the leak check: what each repetition of the body retained
+    repetitions: tuple[int, ...] = ()
+    #: why the leak check stopped early (a repetition failed, the fork died)
+    repeat_error: str | None = None
+    #: the xdist worker that ran the test
+    worker: str | None = None
+
+    @property
+    def setup(self) -> int | None:
+        """What the fixtures added (before setup to the start of the body)."""
+        return None if self.body_start is None else self.body_start - self.before
+
+    @property
+    def teardown(self) -> int | None:
+        """What the teardown (and the collection after it) released: negative when it freed."""
+        if self.after is None or self.body_end is None:
+            return None
+        return self.after - self.body_end
+
+    @property
+    def retained(self) -> int | None:
+        return None if self.after is None else self.after - self.before
+
+    @property
+    def charged(self) -> int:
+        """The growth of the wider-scoped fixtures set up for this test."""
+        return sum(max(0, growth) for _, _, growth in self.wider)
+
+    @property
+    def left(self) -> int | None:
+        """Retained, less the wider-scoped fixtures that are meant to stay alive."""
+        r = self.retained
+        return None if r is None else r - self.charged
+
+    @property
+    def slope(self) -> float | None:
+        """The least-squares slope of the memory after each repetition of the body (bytes a
+        run): what each more call keeps, with one odd repetition weighing little."""
+        reps = self.repetitions
+        if len(reps) < 2:
+            return float(reps[0]) if reps else None
+        ys = [0]
+        for r in reps:
+            ys.append(ys[-1] + r)
+        n = len(ys)
+        mean_x = (n - 1) / 2
+        mean_y = sum(ys) / n
+        num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(ys))
+        den = sum((x - mean_x) ** 2 for x in range(n))
+        return num / den
+
+    def header_lines(self, precision: int = 1) -> list[str]:
+        """What the table's header says about it."""
+        p = precision
+        parts = []
+        if self.setup is not None:
+            parts.append(f"fixtures {signed_mib(self.setup, p)} at setup")
+        if self.teardown is not None:
+            parts.append(f"teardown {signed_mib(self.teardown, p)}")
+        if self.retained is not None:
+            parts.append(f"retained {signed_mib(self.retained, p)} after teardown")
+        lines = [f"around the body: {', '.join(parts)}"] if parts else []
+        shown = [(n, s, g) for n, s, g in self.wider if abs(g) >= SHOWN_AS_NONZERO]
+        if shown:
+            names = ", ".join(f"{name} ({scope}, {signed_mib(g, p)})" for name, scope, g in shown)
+            lines.append(
+                f"note: wider-scoped fixtures set up for this test, charged here once and not "
+                f"counted as left behind: {names}"
+            )
+        if self.repetitions:
+            each = ", ".join(signed_mib(r, p) for r in self.repetitions)
+            slope = self.slope or 0.0
+            lines.append(
+                f"leak check: {len(self.repetitions)} more runs of the body retained {each} "
+                f"(slope {signed_mib(round(slope), p)} a run)"
+            )
+        if self.repeat_error:
+            lines.append(f"note: the leak check stopped: {self.repeat_error}")
+        return lines
+
+    def merged(self, body: Around | None) -> Around:
+        """These figures (from the teardown), with the body's from ``body`` (those of the call
+        report) where they are missing here: isolated, the body ran in a forked child."""
+        if body is None:
+            return self
+        return dataclasses.replace(
+            self,
+            body_start=self.body_start if self.body_start is not None else body.body_start,
+            body_end=self.body_end if self.body_end is not None else body.body_end,
+            repetitions=self.repetitions or body.repetitions,
+            repeat_error=self.repeat_error or body.repeat_error,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "before": self.before,
+            "body_start": self.body_start,
+            "body_end": self.body_end,
+            "after": self.after,
+            "setup": self.setup,
+            "teardown": self.teardown,
+            "retained": self.retained,
+            "left": self.left,
+            "wider": [{"fixture": n, "scope": s, "growth": g} for n, s, g in self.wider],
+            "repetitions": list(self.repetitions),
+            "slope": None if self.slope is None else round(self.slope),
+            "repeat_error": self.repeat_error,
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Around:
+        def opt(key: str) -> int | None:
+            v = d.get(key)
+            return None if v is None else int(v)
+
+        return cls(
+            metric=str(d.get("metric", "rss")),
+            before=int(d["before"]),
+            body_start=opt("body_start"),
+            body_end=opt("body_end"),
+            after=opt("after"),
+            wider=tuple((str(w["fixture"]), str(w["scope"]), int(w["growth"])) for w in d.get("wider", ())),
+            repetitions=tuple(int(r) for r in d.get("repetitions", ())),
+            repeat_error=d.get("repeat_error"),
+            worker=d.get("worker"),
+        )
+
+
+def leak_message(value: int, limit: Limit, metric: str, repetitions: Sequence[int] = ()) -> str:
+    """The leak limit's failure message."""
+    from pytest_memline._units import format_size
+
+    where = f"{format_size(limit.value)} ({limit.source})"
+    if repetitions:
+        each = ", ".join(mib(r) for r in repetitions)
+        return (
+            f"memline: the test body retained at least {mib(value)} in each of "
+            f"{len(repetitions)} more runs ({each}), over the leak limit of {where}"
+        )
+    what = "resident" if metric == "rss" else "allocated on the Python heap"
+    return f"memline: test left {mib(value)} {what} after teardown, over the leak limit of {where}"
+
+
+def read(metric: str, reader: str) -> int:
+    """The metric's value now (outside a trace)."""
+    if metric == "heap":
+        import tracemalloc
+
+        return tracemalloc.get_traced_memory()[0]
+    from pytest_memline import _memline
+
+    return _memline.rss_now(reader)
+
+
+class AroundTracker:
+    """The manager's part that measures around each traced test's body (its hooks call it)."""
+
+    def __init__(self, measurer: Any, reader: str, worker: str | None) -> None:
+        self.measure = measurer
+        self.reader = reader
+        self.worker = worker
+        #: the item between its setup and the end of its teardown, with its metric
+        self.current: pytest.Item | None = None
+        self.metric = "rss"
+        #: what the fixtures of a wider scope grew while set up for the current item
+        self.wider: list[tuple[str, str, int]] = []
+        #: the last reading was taken after a teardown's collection: no other needed
+        self.settled = False
+        #: tracemalloc started for this test (metric "heap"), stopped after its teardown
+        self.started_tracemalloc = False
+
+    def begin(self, item: pytest.Item, metric: str) -> None:
+        """Before the test's setup."""
+        if metric == "heap":
+            import tracemalloc
+
+            if not tracemalloc.is_tracing():
+                tracemalloc.start()
+                self.started_tracemalloc = True
+        elif not self.settled:
+            # the first test, or one after an untraced test: nothing collected its garbage yet
+            self.measure.settle(metric)
+        self.settled = False
+        self.current = item
+        self.metric = metric
+        self.wider = []
+        item.stash[AROUND_KEY] = Around(metric, read(metric, self.reader), worker=self.worker)
+
+    def fixture_setup(self, scope: str) -> int | None:
+        """Before a fixture's setup: the reading, when it is a wider-scoped fixture of the
+        current test (the growth of those is charged to the test that set them up)."""
+        if self.current is None or scope == "function":
+            return None
+        return read(self.metric, self.reader)
+
+    def fixture_done(self, name: str, scope: str, start: int) -> None:
+        self.wider.append((name, scope, read(self.metric, self.reader) - start))
+
+    def body(
+        self,
+        item: pytest.Item,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        repetitions: Sequence[int] = (),
+        error: str | None = None,
+    ) -> None:
+        """After the body: its raw start and end (the table's, before the heap metric makes
+        them relative); after the leak check, its repetitions (or why it stopped)."""
+        around = item.stash.get(AROUND_KEY, None)
+        if around is None:
+            return
+        if start is not None and end is not None:
+            around = dataclasses.replace(around, body_start=start, body_end=end)
+        if repetitions or error:
+            around = dataclasses.replace(around, repetitions=tuple(repetitions), repeat_error=error)
+        item.stash[AROUND_KEY] = around
+
+    def end(self, item: pytest.Item) -> Around | None:
+        """After the test's teardown: its figures, complete (None for an untraced test)."""
+        around = item.stash.get(AROUND_KEY, None)
+        self.current = None
+        if around is None:
+            return None
+        if getattr(item, "funcargs", None):
+            # the fixtures' values: pytest lets go of them right after the teardown's report;
+            # let go now, or every function-scoped fixture would count as left behind
+            item.funcargs = {}  # type: ignore[attr-defined]
+        self.measure.settle(around.metric)
+        after = read(around.metric, self.reader)
+        self.settled = True
+        if self.started_tracemalloc:
+            import tracemalloc
+
+            tracemalloc.stop()
+            self.started_tracemalloc = False
+        around = dataclasses.replace(around, after=after, wider=tuple(self.wider))
+        item.stash[AROUND_KEY] = around  # for the teardown's report
+        return around
+
+
+def repeat_body(measurer: Any, item: pytest.Item, metric: str, reader: str, runs: int) -> list[int]:
+    """Runs the body ``runs`` more times here and returns what each run retained (after a
+    collection and a trim, as after a teardown)."""
+    out = []
+    for _ in range(runs):
+        measurer.settle(metric)
+        start = read(metric, reader)
+        measurer.call_again(item)
+        measurer.settle(metric)
+        out.append(read(metric, reader) - start)
+    return out
