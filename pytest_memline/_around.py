@@ -51,6 +51,9 @@ class Around:
     repeat_error: str | None = None
     #: the xdist worker that ran the test
     worker: str | None = None
+    #: the body ran in a forked child (``isolate = "fork"``): its end is the child's, and what
+    #: it kept stayed there
+    isolated: bool = False
 
     @property
     def setup(self) -> int | None:
@@ -60,7 +63,7 @@ class Around:
     @property
     def teardown(self) -> int | None:
         """What the teardown (and the collection after it) released: negative when it freed."""
-        if self.after is None or self.body_end is None:
+        if self.after is None or self.body_end is None or self.isolated:
             return None
         return self.after - self.body_end
 
@@ -107,6 +110,8 @@ class Around:
         if self.retained is not None:
             parts.append(f"retained {signed_mib(self.retained, p)} after teardown")
         lines = [f"around the body: {', '.join(parts)}"] if parts else []
+        if self.isolated:
+            lines.append("note: the body ran in a fork (isolate = \"fork\"): what it kept stayed there")
         shown = [(n, s, g) for n, s, g in self.wider if abs(g) >= SHOWN_AS_NONZERO]
         if shown:
             names = ", ".join(f"{name} ({scope}, {signed_mib(g, p)})" for name, scope, g in shown)
@@ -136,6 +141,7 @@ class Around:
             body_end=self.body_end if self.body_end is not None else body.body_end,
             repetitions=self.repetitions or body.repetitions,
             repeat_error=self.repeat_error or body.repeat_error,
+            isolated=self.isolated or body.isolated,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +160,7 @@ class Around:
             "slope": None if self.slope is None else round(self.slope),
             "repeat_error": self.repeat_error,
             "worker": self.worker,
+            "isolated": self.isolated,
         }
 
     @classmethod
@@ -172,6 +179,7 @@ class Around:
             repetitions=tuple(int(r) for r in d.get("repetitions", ())),
             repeat_error=d.get("repeat_error"),
             worker=d.get("worker"),
+            isolated=bool(d.get("isolated", False)),
         )
 
 
@@ -253,6 +261,7 @@ class AroundTracker:
         *,
         repetitions: Sequence[int] = (),
         error: str | None = None,
+        isolated: bool = False,
     ) -> None:
         """After the body: its raw start and end (the table's, before the heap metric makes
         them relative); after the leak check, its repetitions (or why it stopped)."""
@@ -263,6 +272,8 @@ class AroundTracker:
             around = dataclasses.replace(around, body_start=start, body_end=end)
         if repetitions or error:
             around = dataclasses.replace(around, repetitions=tuple(repetitions), repeat_error=error)
+        if isolated:
+            around = dataclasses.replace(around, isolated=True)
         item.stash[AROUND_KEY] = around
 
     def end(self, item: pytest.Item) -> Around | None:
@@ -271,6 +282,11 @@ class AroundTracker:
         self.current = None
         if around is None:
             return None
+        if around.body_start is None:
+            # skipped, or its setup failed: no body, no figures (and no collection to pay for)
+            del item.stash[AROUND_KEY]
+            self._stop_tracemalloc()
+            return None
         if getattr(item, "funcargs", None):
             # the fixtures' values: pytest lets go of them right after the teardown's report;
             # let go now, or every function-scoped fixture would count as left behind
@@ -278,14 +294,17 @@ class AroundTracker:
         self.measure.settle(around.metric)
         after = read(around.metric, self.reader)
         self.settled = True
+        self._stop_tracemalloc()
+        around = dataclasses.replace(around, after=after, wider=tuple(self.wider))
+        item.stash[AROUND_KEY] = around  # for the teardown's report
+        return around
+
+    def _stop_tracemalloc(self) -> None:
         if self.started_tracemalloc:
             import tracemalloc
 
             tracemalloc.stop()
             self.started_tracemalloc = False
-        around = dataclasses.replace(around, after=after, wider=tuple(self.wider))
-        item.stash[AROUND_KEY] = around  # for the teardown's report
-        return around
 
 
 def repeat_body(measurer: Any, item: pytest.Item, metric: str, reader: str, runs: int) -> list[int]:

@@ -269,8 +269,17 @@ class MemlinePlugin:
         isolator = self.measure.isolator
         child = isolator is not None and isolator.in_child
         if isolator is not None and not child:
-            # the body ran in a forked child: its report is the one that counts
-            return isolator.replace_report(item, report)
+            # the body ran in a forked child: its report is the one that counts, and its
+            # figures of the body are the ones the teardown's completes
+            report = isolator.replace_report(item, report)
+            body = (getattr(report, "memline", None) or {}).get("table", {}).get("around")
+            if body is not None:
+                b = Around.from_dict(body)
+                self.around.body(
+                    item, b.body_start, b.body_end, repetitions=b.repetitions, error=b.repeat_error,
+                    isolated=True,
+                )
+            return report
         self._attach(item, report, child)
         if child:
             isolator.finish(report)  # sends the report to the parent; never returns

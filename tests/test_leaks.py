@@ -326,3 +326,17 @@ def test_bad_leak_settings(pytester: pytest.Pytester, args: list[str], pyproject
     result = pytester.runpytest_subprocess("--memline", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert error in result.stderr.str(), result.stderr.str()
+
+
+def test_isolated_bodies_keep_what_they_leave_and_the_check_still_runs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_checked=CHECKED.replace("assert len(KEEP) == 1", "assert len(KEEP) == 0"))
+    result = pytester.runpytest_subprocess(
+        "--memline", "--memline-isolate=fork", "--memline-tables=all", "-p", "no:xdist"
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    t = tables_of(result)
+    appends = t["test_appends_every_call"]
+    # the body ran in a fork: this process kept nothing of it
+    assert appends.retained == pytest.approx(0, abs=2) and appends.teardown is None
+    assert any(n.startswith("the body ran in a fork") for n in appends.notes)
+    assert len(appends.leak_runs) == 3 and all(v == pytest.approx(10, abs=1.5) for v in appends.leak_runs)
