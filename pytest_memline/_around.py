@@ -34,9 +34,11 @@ SHOWN_AS_NONZERO = 2**20 // 20 + 1
 AROUND_KEY = pytest.StashKey["Around"]()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Around:
-    """A test's memory around its body (see the module's docstring)."""
+    """A test's memory around its body (see the module's docstring). Filled in as the test
+    runs (setup, body, teardown) by its one owner, the tracker: updated in place, not copied
+    (a copy per step cost more than the measurement, bench/fixedcost.py)."""
 
     metric: str
     before: int
@@ -212,8 +214,13 @@ def read(metric: str, reader: str) -> int:
 class AroundTracker:
     """The manager's part that measures around each traced test's body (its hooks call it)."""
 
-    def __init__(self, measurer: Any, reader: str, worker: str | None) -> None:
+    def __init__(self, measurer: Any, reader: str, worker: str | None, pluginmanager: Any) -> None:
         self.measure = measurer
+        self.pluginmanager = pluginmanager
+        #: registered only while a test sets up fixtures of a wider scope (a hook wrapper on
+        #: every fixture of every test would cost more than the rest of this measurement)
+        self.fixture_hooks = WiderFixtures(self)
+        self.hooks_registered = False
         self.reader = reader
         self.worker = worker
         #: the item between its setup and the end of its teardown, with its metric
@@ -241,6 +248,9 @@ class AroundTracker:
         self.current = item
         self.metric = metric
         self.wider = []
+        if wider_pending(item):
+            self.pluginmanager.register(self.fixture_hooks, "memline-wider-fixtures")
+            self.hooks_registered = True
         item.stash[AROUND_KEY] = Around(metric, read(metric, self.reader), worker=self.worker)
 
     def fixture_setup(self, scope: str) -> int | None:
@@ -269,17 +279,19 @@ class AroundTracker:
         if around is None:
             return
         if start is not None and end is not None:
-            around = dataclasses.replace(around, body_start=start, body_end=end)
+            around.body_start, around.body_end = start, end
         if repetitions or error:
-            around = dataclasses.replace(around, repetitions=tuple(repetitions), repeat_error=error)
+            around.repetitions, around.repeat_error = tuple(repetitions), error
         if isolated:
-            around = dataclasses.replace(around, isolated=True)
-        item.stash[AROUND_KEY] = around
+            around.isolated = True
 
     def end(self, item: pytest.Item) -> Around | None:
         """After the test's teardown: its figures, complete (None for an untraced test)."""
         around = item.stash.get(AROUND_KEY, None)
         self.current = None
+        if self.hooks_registered:
+            self.pluginmanager.unregister(self.fixture_hooks)
+            self.hooks_registered = False
         if around is None:
             return None
         if around.body_start is None:
@@ -295,8 +307,7 @@ class AroundTracker:
         after = read(around.metric, self.reader)
         self.settled = True
         self._stop_tracemalloc()
-        around = dataclasses.replace(around, after=after, wider=tuple(self.wider))
-        item.stash[AROUND_KEY] = around  # for the teardown's report
+        around.after, around.wider = after, tuple(self.wider)
         return around
 
     def _stop_tracemalloc(self) -> None:
@@ -305,6 +316,38 @@ class AroundTracker:
 
             tracemalloc.stop()
             self.started_tracemalloc = False
+
+
+def wider_pending(item: pytest.Item) -> bool:
+    """Whether the test's setup may set up a fixture of a wider scope than the function: one
+    in its closure that has no cached value yet, or is parametrized (set up again when its
+    parameter changes). Items without pytest's fixture info: assume so."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None)
+    if defs is None:
+        return True
+    for chain in defs.values():
+        for fd in chain[-1:]:
+            if fd.scope != "function" and (fd.cached_result is None or fd.params is not None):
+                return True
+    return False
+
+
+class WiderFixtures:
+    """The fixture hook, registered while a test's setup may set up wider-scoped fixtures."""
+
+    def __init__(self, tracker: AroundTracker) -> None:
+        self.tracker = tracker
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Any:
+        start = self.tracker.fixture_setup(fixturedef.scope)
+        if start is None:
+            return (yield)
+        try:
+            return (yield)
+        finally:
+            self.tracker.fixture_done(fixturedef.argname, fixturedef.scope, start)
 
 
 def repeat_body(measurer: Any, item: pytest.Item, metric: str, reader: str, runs: int) -> list[int]:

@@ -75,12 +75,12 @@ class MemlinePlugin:
         self.measure.junit = bool(getattr(config.option, "xmlpath", None))
         self.results = RunResults(settings, self.gate)
         # tables measured in this process, waiting for their report (no xdist)
-        self.local_tables: dict[str, tuple[Any, tuple[Any, ...]]] = {}
+        self.local_tables: dict[str, tuple[Any, tuple[Any, ...], str]] = {}
         worker = config.workerinput.get("workerid") if self.is_worker else None  # type: ignore[attr-defined]
-        self.around = AroundTracker(self.measure, settings.reader, worker)
+        self.around = AroundTracker(self.measure, settings.reader, worker, config.pluginmanager)
         self.measure.around = self.around
         # results whose call has reported, waiting for their teardown's figures
-        self.pending: dict[str, tuple[TestResult, bool, Any, pytest.TestReport]] = {}
+        self.pending: dict[str, tuple[TestResult, bool, Any, pytest.TestReport, str]] = {}
         if self.isolating(config):
             from pytest_memline._isolate import Isolator
 
@@ -198,30 +198,6 @@ class MemlinePlugin:
         # prints the message twice ("During handling of the above exception ...").
         pytest.fail(error, pytrace=False)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, object, object]:
-        # a fixture of a wider scope than the test's: its growth is charged to this test once
-        start = self.around.fixture_setup(fixturedef.scope)
-        if start is None:
-            return (yield)
-        try:
-            return (yield)
-        finally:
-            self.around.fixture_done(fixturedef.argname, fixturedef.scope, start)
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
-        """After every other teardown: what the test left behind, and its leak limit."""
-        try:
-            result = yield
-        except BaseException:
-            self._ended(item)  # measured all the same; the teardown's own error is reported
-            raise
-        failure = self._ended(item)
-        if failure is not None:
-            pytest.fail(failure, pytrace=False)
-        return result
-
     def _ended(self, item: pytest.Item) -> str | None:
         """The test's figures after its teardown; the leak limit's message when it is over."""
         around = self.around.end(item)
@@ -235,9 +211,7 @@ class MemlinePlugin:
             return None
         if around.left <= limits.leak.value:
             return None
-        failure = leak_message(around.left, limits.leak, around.metric)
-        item.stash[LEAK_KEY] = failure
-        return failure
+        return leak_message(around.left, limits.leak, around.metric)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, object, object]:
@@ -256,14 +230,26 @@ class MemlinePlugin:
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
         if call.when == "teardown":
+            # the teardown is done: what the test left behind, measured before its report is
+            # made (one hook instead of a wrapper of the teardown), and its leak limit
+            failure = self._ended(item)
+            report = yield
             around = item.stash.get(AROUND_KEY, None)
-            if around is not None and around.after is not None:
-                del item.stash[AROUND_KEY]
-                leak = item.stash.get(LEAK_KEY, None)
-                report.memline = {"around": around.to_dict(), "leak": leak}  # type: ignore[attr-defined]
+            if around is None or around.after is None:
+                return report
+            del item.stash[AROUND_KEY]
+            if failure is not None:
+                if report.passed:
+                    report.outcome = "failed"  # an error at teardown; the call's outcome stands
+                    report.longrepr = failure
+                else:  # the teardown failed on its own: say it too
+                    report.sections.append(("memline: leak limit", failure))
+            # this process reports: the object itself; an xdist worker or a fork: plain data
+            payload = around.to_dict() if self.is_worker else around
+            report.memline = {"around": payload, "leak": failure}  # type: ignore[attr-defined]
             return report
+        report = yield
         if call.when != "call":
             return report
         isolator = self.measure.isolator
@@ -329,7 +315,9 @@ class MemlinePlugin:
             payload["included"] = [t.to_dict() for t in outcome.included]
         else:
             # this process reports too: hand the objects over as they are
-            self.local_tables[report.nodeid] = (table, outcome.included)
+            # with the header's figures as the failure section has them now (the object goes
+            # on filling in until the teardown)
+            self.local_tables[report.nodeid] = (table, outcome.included, _around_text(table))
         report.memline = payload  # type: ignore[attr-defined]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -354,10 +342,11 @@ class MemlinePlugin:
 
         local = self.local_tables.pop(report.nodeid, None)
         if local is not None:
-            table, included = local[0], tuple(local[1])
+            table, included, shown = local[0], tuple(local[1]), local[2]
         else:
             table = MemoryTable.from_dict(data["table"]).with_marks(data.get("marked", ()))
             included = tuple(MemoryTable.from_dict(t) for t in data.get("included") or ())
+            shown = _around_text(table)
         if report.outcome == "rerun":
             # pytest-rerunfailures: an attempt that will be run again; its table is shown, but
             # only the last attempt counts (summary, top lines, baselines, reports)
@@ -370,25 +359,29 @@ class MemlinePlugin:
         )
         self._colour_diff(report, comparison)
         # counted when its teardown has reported what the test left behind
-        self.pending[report.nodeid] = (result, report.passed, data.get("thresholds"), report)
+        self.pending[report.nodeid] = (result, report.passed, data.get("thresholds"), report, shown)
 
     def _finish(
-        self, pending: tuple[TestResult, bool, Any, pytest.TestReport], data: dict[str, Any] | None
+        self, pending: tuple[TestResult, bool, Any, pytest.TestReport, str], data: dict[str, Any] | None
     ) -> None:
         """A test's result, with its teardown's figures when they came (``data``), into the
         run's results; the table in its call report's failure section gets them too."""
-        result, passed, thresholds, call_report = pending
+        result, passed, thresholds, call_report, shown = pending
         if data is not None:
-            around = Around.from_dict(data["around"]).merged(result.table.around)
+            around = data["around"]
             old = result.table
-            result.table = old.with_around(around)
+            if not isinstance(around, Around):
+                around = Around.from_dict(around)
+            if around is not old.around:  # from a worker, or the body from a fork: one table
+                result.table = old.with_around(around.merged(old.around))
             if data.get("leak"):
                 result.violations = (*result.violations, data["leak"])
                 result.outcome = "failed"
                 passed = False
+            now = _around_text(result.table)
             for i, (name, text) in enumerate(call_report.sections):
-                if name == SECTION_TABLE:
-                    call_report.sections[i] = (name, text.replace(old.render(), result.table.render()))
+                if name == SECTION_TABLE and shown and now != shown:
+                    call_report.sections[i] = (name, text.replace(shown, now, 1))
         self.results.add(result, passed, thresholds)
 
     def _colour_diff(self, report: pytest.TestReport, comparison: Any) -> None:
@@ -467,9 +460,6 @@ class MemlinePlugin:
         self.results.write_terminal(terminalreporter, isolated=self.measure.isolator is not None)
 
 
-#: On the item after its teardown: the leak limit's message, for the teardown's report.
-LEAK_KEY = pytest.StashKey[str]()
-
 #: Python 3.11: while a trace function is set, CPython calls a C type's method through a
 #: temporary bound method (for the profiler's C_CALL event), which holds one more reference to
 #: ``self``; code that checks reference counts (``ndarray.resize``) then fails. 3.12+ do not.
@@ -483,6 +473,12 @@ REFCOUNT_HINT = (
     "@pytest.mark.mem_limit(trace=False) or trace = false in its [[tool.memline.limits]] "
     "entry (README: \"Reference counts on Python 3.11\")."
 )
+
+
+def _around_text(table: Any) -> str:
+    """The header lines a table's figures around its body make, as rendered now."""
+    around = table.around
+    return "\n".join(around.header_lines(table.precision)) if around is not None else ""
 
 
 def _looks_refcount_sensitive(report: pytest.TestReport) -> bool:
