@@ -64,8 +64,8 @@ def main() -> int:
         for name in a.configs.split(","):
             _, compare_args, env = CONFIGS[name]
             for mode, extra in (("plain figure", []), (f"leak check x{a.runs}", [f"--memline-leak-runs={a.runs}"])):
-                lefts: list[int] = []
-                reps: list[int] = []
+                lefts: list[tuple[int, str]] = []
+                reps: list[tuple[int, str]] = []
                 planted: dict[int, list[int]] = {s: [] for s in PLANTED}
                 times = []
                 for _ in range(a.repeat):
@@ -83,17 +83,19 @@ def main() -> int:
                         if size is not None:
                             planted[size].extend(figures)
                             continue
+                        short = nodeid.split("::")[-1]
                         if left is not None:
-                            lefts.append(left)
-                        reps.extend(around.get("repetitions") or [])
+                            lefts.append((left, short))
+                        reps.extend((r, short) for r in around.get("repetitions") or [])
                 times.sort()
                 smallest = " / ".join(
                     f"{min(v) / MIB:.1f}" if v else "-" for v in planted.values()
                 )
+                top_left = max(lefts)
+                top_rep = f"{max(reps)[0] / MIB:.1f} MiB ({max(reps)[1]})" if reps else "-"
                 print(
-                    f"| {name} | {mode} | {max(lefts) / MIB:.1f} MiB | "
-                    f"{(max(reps) / MIB if reps else float('nan')):.1f} MiB | {smallest} MiB | "
-                    f"{times[len(times) // 2]:.1f} |"
+                    f"| {name} | {mode} | {top_left[0] / MIB:.1f} MiB ({top_left[1]}) | "
+                    f"{top_rep} | {smallest} MiB | {times[len(times) // 2]:.1f} |"
                 )
                 sys.stdout.flush()
         return 0
