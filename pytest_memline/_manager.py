@@ -317,7 +317,9 @@ class MemlinePlugin:
             # this process reports too: hand the objects over as they are
             # with the header's figures as the failure section has them now (the object goes
             # on filling in until the teardown)
-            self.local_tables[report.nodeid] = (table, outcome.included, _around_text(table))
+            # (only a failed test has that section)
+            shown = _around_text(table) if report.failed else ""
+            self.local_tables[report.nodeid] = (table, outcome.included, shown)
         report.memline = payload  # type: ignore[attr-defined]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -346,7 +348,7 @@ class MemlinePlugin:
         else:
             table = MemoryTable.from_dict(data["table"]).with_marks(data.get("marked", ()))
             included = tuple(MemoryTable.from_dict(t) for t in data.get("included") or ())
-            shown = _around_text(table)
+            shown = _around_text(table) if report.failed else ""
         if report.outcome == "rerun":
             # pytest-rerunfailures: an attempt that will be run again; its table is shown, but
             # only the last attempt counts (summary, top lines, baselines, reports)

@@ -208,6 +208,9 @@ def test_the_leak_check_confirms_a_leak_and_clears_a_cache(pytester: pytest.Pyte
     assert report[0].endswith(" in each of 3 more runs, over the leak limit of 5 MiB (@pytest.mark.mem_limit)") or (
         "in each of 3 more runs (" in report[0] and report[0].endswith("over the leak limit of 5 MiB (@pytest.mark.mem_limit)")
     )
+    # the failure section's table, made at the call, has the teardown's figures too
+    (section,) = parse_tables("\n".join(report))
+    assert section.retained == pytest.approx(10, abs=2) and len(section.leak_runs) == 3
     t = tables_of(result)
     leak = t["test_appends_every_call"].leak_runs
     assert len(leak) == 3 and all(v == pytest.approx(10, abs=1.5) for v in leak), leak
