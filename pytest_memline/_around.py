@@ -16,20 +16,18 @@ they were set up (``wider``), and ``left = retained - charged`` is what the leak
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_memline._units import mib, signed_mib
+from pytest_memline._results import SHOWN_AS_NONZERO
+from pytest_memline._units import format_size, mib, signed_mib
 
 if TYPE_CHECKING:
     from pytest_memline._settings import Limit
 
-#: Growth below this is not named in the header (it shows as 0.0 MiB).
-SHOWN_AS_NONZERO = 2**20 // 20 + 1
 #: On the item: the test's figures from setup to the end of its body (see ``Around``).
 AROUND_KEY = pytest.StashKey["Around"]()
 
@@ -132,20 +130,6 @@ class Around:
             lines.append(f"note: the leak check stopped: {self.repeat_error}")
         return lines
 
-    def merged(self, body: Around | None) -> Around:
-        """These figures (from the teardown), with the body's from ``body`` (those of the call
-        report) where they are missing here: isolated, the body ran in a forked child."""
-        if body is None:
-            return self
-        return dataclasses.replace(
-            self,
-            body_start=self.body_start if self.body_start is not None else body.body_start,
-            body_end=self.body_end if self.body_end is not None else body.body_end,
-            repetitions=self.repetitions or body.repetitions,
-            repeat_error=self.repeat_error or body.repeat_error,
-            isolated=self.isolated or body.isolated,
-        )
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
@@ -187,8 +171,6 @@ class Around:
 
 def leak_message(value: int, limit: Limit, metric: str, repetitions: Sequence[int] = ()) -> str:
     """The leak limit's failure message."""
-    from pytest_memline._units import format_size
-
     where = f"{format_size(limit.value)} ({limit.source})"
     if repetitions:
         each = ", ".join(mib(r) for r in repetitions)

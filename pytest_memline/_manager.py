@@ -374,8 +374,9 @@ class MemlinePlugin:
             old = result.table
             if not isinstance(around, Around):
                 around = Around.from_dict(around)
-            if around is not old.around:  # from a worker, or the body from a fork: one table
-                result.table = old.with_around(around.merged(old.around))
+            # from an xdist worker, or isolated (the table came from the fork): the teardown's
+            # figures, which hold the body's too
+            result.table = old.with_around(around)
             if data.get("leak"):
                 result.violations = (*result.violations, data["leak"])
                 result.outcome = "failed"
