@@ -49,13 +49,21 @@ MODES = {
 ONE_THREAD = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def run(suite: str, args: list[str]) -> tuple[float, float, str]:
+#: modes that import pytest_memline from another folder (``--build NAME=DIR``): a build of
+#: another commit, measured side by side with this one
+MODE_PATH: dict[str, str] = {}
+
+
+def run(suite: str, args: list[str], path: str | None = None) -> tuple[float, float, str]:
+    env = dict(os.environ, PYTHONHASHSEED="0", **ONE_THREAD)
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory() as cwd:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
              "--pyargs", *PRESETS.get(suite, suite).split("+"), *args],
-            cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0", **ONE_THREAD),
+            cwd=cwd, capture_output=True, text=True, env=env,
         )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
@@ -76,7 +84,17 @@ def main() -> int:
     p.add_argument("--modes", default="plain,memline,fork")
     p.add_argument("--mode", action="append", default=[], metavar="NAME=ARGS",
                    help='an extra mode, e.g. --mode "nopeak=--memline --memline-peak=off" (add NAME to --modes)')
+    p.add_argument("--build", action="append", default=[], metavar="NAME=DIR",
+                   help="a mode NAME that runs with --memline, importing pytest_memline from DIR "
+                   "(a build of another commit: pip install --no-deps --target DIR WHEEL); add "
+                   "NAME to --modes")
     opts = p.parse_args()
+    for spec in opts.build:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not os.path.isdir(os.path.join(path, "pytest_memline")):
+            p.error(f"--build {spec!r}: expected NAME=DIR with DIR/pytest_memline in it")
+        MODES[name] = ["--memline"]
+        MODE_PATH[name] = os.path.abspath(path)
     for spec in opts.mode:
         name, sep, args = spec.partition("=")
         if not sep or not name:
@@ -95,7 +113,7 @@ def main() -> int:
         outcomes: dict[str, set[str]] = {m: set() for m in modes}
         for i in range(opts.repeat):
             for mode in modes:
-                cpu, system, counts = run(suite, MODES[mode])
+                cpu, system, counts = run(suite, MODES[mode], MODE_PATH.get(mode))
                 times[mode].append(cpu)
                 sys_times[mode].append(system)
                 outcomes[mode].add(counts)

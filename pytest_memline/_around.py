@@ -54,6 +54,9 @@ class Around:
     #: the body ran in a forked child (``isolate = "fork"``): its end is the child's, and what
     #: it kept stayed there
     isolated: bool = False
+    #: the tables of the fixtures traced at its setup (``_fixtures``: those that allocated or
+    #: have a budget)
+    fixtures: tuple[Any, ...] = ()
 
     @property
     def setup(self) -> int | None:
@@ -147,10 +150,13 @@ class Around:
             "repeat_error": self.repeat_error,
             "worker": self.worker,
             "isolated": self.isolated,
+            "fixtures": [f.to_dict() for f in self.fixtures],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Around:
+        from pytest_memline._fixtures import FixtureTable
+
         def opt(key: str) -> int | None:
             v = d.get(key)
             return None if v is None else int(v)
@@ -166,6 +172,7 @@ class Around:
             repeat_error=d.get("repeat_error"),
             worker=d.get("worker"),
             isolated=bool(d.get("isolated", False)),
+            fixtures=tuple(FixtureTable.from_dict(f) for f in d.get("fixtures", ())),
         )
 
 

@@ -26,7 +26,8 @@ class Violation:
     def excess(self) -> int:
         return self.value - self.limit.value
 
-    def message(self, table: MemoryTable | None = None) -> str:
+    def message(self, table: MemoryTable | None = None, fixture: str | None = None) -> str:
+        """The failure's text; ``fixture``: the table is that fixture's setup."""
         limit = f"{_size(self.limit.value)} ({self.limit.source})"
         desc = metric(table.metric if table is not None else "rss")
         what = desc.noun
@@ -35,11 +36,16 @@ class Violation:
 
             return leak_message(self.value, self.limit, desc.name, self.repetitions)
         if self.lineno is None:
+            if fixture is not None:
+                return (
+                    f"memline: fixture {fixture} peaked {desc.short} {mib(self.value)} above its "
+                    f"start at setup, over the fixture's limit of {limit}"
+                )
             return (
                 f"memline: test peak {desc.short} growth of {mib(self.value)} is over the test limit "
                 f"of {limit}"
             )
-        where = f"line {self.lineno}"
+        where = f"line {self.lineno}" if fixture is None else f"fixture {fixture} line {self.lineno}"
         row = table.row(self.lineno) if table is not None else None
         if row is not None and row.contents.strip():
             where += f" `{printable(row.contents.strip()[:60])}`"

@@ -187,6 +187,10 @@ KEYS: tuple[Key, ...] = (
         cli=(("action", "append"), ("metavar", "MODULES")),
         help="also give a table to every function of these modules (comma-separated, "
         "repeatable; a package includes its submodules) that the tests call."),
+    Key("fixtures", "bool", False, option="--memline-fixtures", cli=(("action", "store_true"),),
+        help="also trace each fixture's setup line by line: a memory table for every fixture "
+        "function that allocated (fixtures named in [[tool.memline.limits]] are traced "
+        "anyway)."),
     Key("malloc", "choice", "fixed", MALLOC_CHOICES, option="--memline-malloc",
         cli=_choices(MALLOC_CHOICES),
         help="fixed (default): return malloc's free memory to the kernel before each test "

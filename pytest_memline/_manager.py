@@ -79,6 +79,12 @@ class MemlinePlugin:
         worker = config.workerinput.get("workerid") if self.is_worker else None  # type: ignore[attr-defined]
         self.around = AroundTracker(self.measure, settings.reader, worker, config.pluginmanager)
         self.measure.around = self.around
+        if settings.fixtures or settings.fixture_rules:
+            from pytest_memline._fixtures import FixtureTracer
+
+            config.pluginmanager.register(
+                FixtureTracer(settings, _memline, self.around), "memline-fixtures"
+            )
         # results whose call has reported, waiting for their teardown's figures
         self.pending: dict[str, tuple[TestResult, bool, Any, pytest.TestReport, str]] = {}
         if self.isolating(config):
@@ -173,6 +179,13 @@ class MemlinePlugin:
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.results.collected.update(item.nodeid for item in items)
+        if self.settings.fixture_rules:
+            from pytest_memline._fixtures import fixture_names
+
+            names = fixture_names(items)
+            self.results.fixture_names.update(names)
+            if self.is_worker:  # for the controller, which collects nothing
+                self.config.workeroutput["memline_fixture_names"] = sorted(names)  # type: ignore[attr-defined]
         if self.settings.include and not self.measure.include_paths:
             from pytest_memline._settings import include_paths
 
@@ -449,14 +462,16 @@ class MemlinePlugin:
             xml.add_global_property("memline_process_peak", peak)
 
     def _warn_unmatched_rules(self, session: pytest.Session) -> None:
-        from pytest_memline._settings import unmatched_rules
+        from pytest_memline._settings import unmatched_fixtures, unmatched_rules
 
         if not self.settings.rules or not self.results.collected:
             return
         whole = self.config.args_source != pytest.Config.ArgsSource.ARGS
-        for message in unmatched_rules(
+        messages = unmatched_rules(
             self.settings.rules, self.results.collected, self.config.rootpath, whole
-        ):
+        )
+        messages += unmatched_fixtures(self.settings.fixture_rules, self.results.fixture_names)
+        for message in messages:
             self.config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -518,7 +533,9 @@ class _XdistHooks:
         self.results.collected.update(ids)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        peak = getattr(node, "workeroutput", {}).get("memline_process_peak")
+        output = getattr(node, "workeroutput", {})
+        self.results.fixture_names.update(output.get("memline_fixture_names", ()))
+        peak = output.get("memline_process_peak")
         if peak is not None:
             self.results.worker_peaks[str(node.gateway.id)] = int(peak)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_memline._budget import check
+from pytest_memline._fixtures import FIXTURE_FAILURES_KEY
 from pytest_memline._gate import change_message, group_changes
 from pytest_memline._metrics import metric as _metric
 from pytest_memline._settings import TestLimits
@@ -79,10 +80,9 @@ class TestOutcome:
     __test__ = False
 
     def render_tables(self) -> str:
-        """The test's table, then the tables of the included functions it called."""
-        parts = [self.table.render()]
-        parts += [t.render() for t in self.included]
-        return "\n\n".join(parts)
+        """The test's table, then the tables of the included functions it called and of the
+        fixtures traced at its setup."""
+        return "\n\n".join(t.render() for t in self.table.with_extras(self.included))
 
     @property
     def failed(self) -> bool:
@@ -374,7 +374,7 @@ class Measurer:
             # not blamed for them (the test's own growth is still measured whole)
             lost = trace.interrupted_line
             checked = dataclasses.replace(checked, rows=tuple(r for r in checked.rows if r.lineno != lost))
-        violations = check(checked, limits)
+        violations = [*item.stash.get(FIXTURE_FAILURES_KEY, ()), *check(checked, limits)]
         comparison = self.gate.compare(item.nodeid, table, limits)
         marks = {v.lineno for v in violations if v.lineno is not None}
         if comparison is not None and comparison.regressed:

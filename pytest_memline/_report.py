@@ -69,6 +69,15 @@ def json_report(results: RunResults) -> str:
         # the process's memory at each test's boundaries, in the order the tests reported
         "session": results.timeline,
         "top_retainers": [{"test": n, "left": left} for left, n in results.top_retainers()],
+        # each fixture traced at setup, with its largest setup (every setup's table is in its
+        # test's "table" -> "around" -> "fixtures")
+        "fixtures": [
+            {"fixture": f.name, "scope": f.scope, "setups": setups, "test": nodeid,
+             "peak_growth": growth, "table": f.table.to_dict()}
+            for setups, growth, nodeid, f in sorted(
+                results.fixtures.values(), key=lambda e: (-e[1], e[3].name)
+            )
+        ],
     }
     return json.dumps(doc, indent=2) + "\n"
 

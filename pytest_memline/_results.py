@@ -85,6 +85,12 @@ class RunResults:
     #: the process's memory at each test's boundaries, in the order the tests reported (kept
     #: only for the JSON report)
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    #: per fixture traced at setup: how often it allocated, and its largest setup
+    #: ``[setups, peak growth, node id, FixtureTable]``
+    fixtures: dict[str, list[Any]] = field(default_factory=dict)
+    #: the fixtures the collected tests use (also the xdist workers'), for fixture rules that
+    #: name none of them
+    fixture_names: set[str] = field(default_factory=set)
 
     def add(self, result: TestResult, passed: bool, thresholds: Mapping[str, Any] | None) -> None:
         self.traced += 1
@@ -96,7 +102,7 @@ class RunResults:
         if around is not None:
             self._remember_around(result.nodeid, around)
         if self.settings.tables == "all":
-            self.show(result.table, *result.included)
+            self.show(*result.table.with_extras(result.included))
         if self.settings.json_report is not None:
             self.tests[result.nodeid] = result
 
@@ -117,6 +123,15 @@ class RunResults:
             self.top = self.top_lines()
 
     def _remember_around(self, nodeid: str, around: Any) -> None:
+        for f in around.fixtures:
+            seen = self.fixtures.get(f.name)
+            if seen is None:
+                self.fixtures[f.name] = [1, f.table.peak_growth, nodeid, f]
+                continue
+            seen[0] += 1
+            # the largest; equal ones by node id (the same whatever order xdist reported in)
+            if (-f.table.peak_growth, nodeid) < (-seen[1], seen[2]):
+                seen[1:] = [f.table.peak_growth, nodeid, f]
         left = around.left
         n = self.settings.top
         if n > 0 and left is not None and left >= SHOWN_AS_NONZERO:
@@ -133,6 +148,12 @@ class RunResults:
                     "after_teardown": around.after,
                 }
             )
+
+    def top_fixtures(self) -> list[tuple[int, int, str, Any]]:
+        """The fixtures whose largest setup grew the most: (setups, peak growth, node id,
+        FixtureTable), largest first, at most `top` of them."""
+        found = sorted(self.fixtures.values(), key=lambda e: (-e[1], e[3].name))
+        return [tuple(e) for e in found[: max(self.settings.top, 0)]]  # type: ignore[misc]
 
     def top_retainers(self) -> list[tuple[int, str]]:
         """The `top` tests that left the most behind, largest first."""
@@ -209,6 +230,20 @@ class RunResults:
             )
             for left, nodeid in retainers:
                 tr.write_line(f"{mib(left):>12}  {printable(nodeid)}")
+        if s.top > 0 and self.fixtures:
+            fixtures = self.top_fixtures()
+            tr.write_sep(
+                "=", f"memline: top {count(len(fixtures), 'fixture')} by peak growth at setup"
+            )
+            for setups, growth, nodeid, f in fixtures:
+                tr.write_line(
+                    f"{mib(growth):>12}  {f.name} ({f.scope} scope), largest of "
+                    f"{count(setups, 'setup')}, for {printable(nodeid)}"
+                )
+            if s.fixtures:
+                for *_, f in fixtures:
+                    tr.write_line("")
+                    tr.write_line(f.table.render())
         summary = self.figures()
         if s.compare is not None:
             tr.write_sep("=", f"memline: against {display(s.compare)}")

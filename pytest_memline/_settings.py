@@ -67,6 +67,9 @@ class Rule:
     pattern: str
     #: where it is written: ``pyproject.toml [[tool.memline.limits]] #1 (match = '...')``
     source: str = ""
+    #: a fixture's budget (``fixture = "big_frame"``): its setup, in the tests ``pattern``
+    #: matches (every test when the rule has no ``match``); only the two limits apply
+    fixture: str | None = None
     test_limit: Limit | None = None
     line_limit: Limit | None = None
     tolerance: Tolerance | None = None
@@ -147,6 +150,8 @@ class Settings:
     prune: bool = False
     isolate: str = "off"
     missing_baseline: str = "warn"
+    #: a memory table for each fixture's setup (``--memline-fixtures``)
+    fixtures: bool = False
 
     def accepts(self, nodeid: str) -> bool:
         """Whether ``accept`` names this test: its regressions are reported, not failed."""
@@ -154,9 +159,9 @@ class Settings:
 
     def limits_for(self, nodeid: str, marker: MarkerLimits | None) -> TestLimits:
         """Value by value: the marker, then the first matching rule, then the run's defaults."""
-        if marker is None and not self.rules:
+        if marker is None and not self.test_rules:
             return self._defaults  # most tests: computed once per run
-        rule = next((r for r in self.rules if fnmatch.fnmatchcase(nodeid, r.pattern)), NO_RULE)
+        rule = next((r for r in self.test_rules if fnmatch.fnmatchcase(nodeid, r.pattern)), NO_RULE)
         m = marker or NO_MARKER
         if m.trace is not None:
             trace, trace_source = m.trace, f"@pytest.mark.{MARKER}"
@@ -175,6 +180,24 @@ class Settings:
             leak=m.leak or rule.leak_limit or self.leak_limit,
             leak_runs=m.leak_runs or rule.leak_runs or self.leak_runs,
         )
+
+    @functools.cached_property
+    def test_rules(self) -> tuple[Rule, ...]:
+        """The rules that set tests' limits (the others name a fixture)."""
+        return tuple(r for r in self.rules if r.fixture is None)
+
+    @functools.cached_property
+    def fixture_rules(self) -> tuple[Rule, ...]:
+        """The rules that set a fixture's limits (``fixture = "..."``)."""
+        return tuple(r for r in self.rules if r.fixture is not None)
+
+    def fixture_limits(self, name: str, nodeid: str) -> TestLimits | None:
+        """The limits of fixture ``name`` set up for test ``nodeid``: the first rule naming it
+        whose ``match`` (if any) matches the test."""
+        for r in self.fixture_rules:
+            if r.fixture == name and (not r.pattern or fnmatch.fnmatchcase(nodeid, r.pattern)):
+                return TestLimits(test=r.test_limit, line=r.line_limit, metric=self.metric)
+        return None
 
     @functools.cached_property
     def _defaults(self) -> TestLimits:
@@ -231,7 +254,8 @@ def resolve(
 
     rules = []
     for i, r in enumerate(cfg.get("limits") or (), start=1):
-        source = f"{config_file} [[tool.memline.limits]] #{i} (match = {r['match']!r})"
+        named = ", ".join(f"{k} = {r[k]!r}" for k in ("fixture", "match") if r.get(k) is not None)
+        source = f"{config_file} [[tool.memline.limits]] #{i} ({named})"
         wrap: dict[str, Any] = {"size": Limit, "percent": Tolerance}
         fields: dict[str, Any] = {
             k.name: None
@@ -239,7 +263,7 @@ def resolve(
             else wrap[k.kind](r[k.name], source) if k.kind in wrap else r[k.name]
             for k in RULE_KEYS
         }
-        rules.append(Rule(pattern=r["match"], source=source, **fields))
+        rules.append(Rule(pattern=r.get("match") or "", source=source, fixture=r.get("fixture"), **fields))
     default_baseline = cfg.get("baseline") or _default("baseline")
 
     def baseline_path(name: str) -> str | None:
@@ -302,6 +326,7 @@ def resolve(
         prune=bool(value("prune")),
         isolate=value("isolate"),
         missing_baseline=value("missing_baseline"),
+        fixtures=bool(value("fixtures")),
         json_report=report_path("json_report"),
         markdown_report=report_path("markdown_report"),
     )
@@ -334,6 +359,8 @@ def unmatched_rules(
 
     out = []
     for rule in rules:
+        if not rule.pattern:  # a fixture's rule for every test (see unmatched_fixtures)
+            continue
         if any(fnmatch.fnmatchcase(nodeid, rule.pattern) for nodeid in collected):
             continue
         file_part = rule.pattern.split("::", 1)[0]
@@ -346,6 +373,23 @@ def unmatched_rules(
         hint = f"; node ids are relative to the rootdir, the closest is {closest[0]!r}" if closest else ""
         out.append(
             f"memline: {rule.source} matches none of the {len(collected)} collected tests{hint}"
+        )
+    return out
+
+
+def unmatched_fixtures(rules: tuple[Rule, ...], fixtures: set[str]) -> list[str]:
+    """A warning for each fixture rule whose fixture none of the collected tests uses
+    (``fixtures``: the names in their fixture closures)."""
+    import difflib
+
+    out = []
+    for name in sorted({r.fixture for r in rules if r.fixture is not None and r.fixture not in fixtures}):
+        source = next(r.source for r in rules if r.fixture == name)
+        closest = difflib.get_close_matches(name, sorted(fixtures), n=1, cutoff=0.6)
+        hint = f"; did you mean {closest[0]!r}?" if closest else ""
+        out.append(
+            f"memline: {source} names fixture {name!r}, which none of the collected tests "
+            f"uses: its limits were not checked{hint}"
         )
     return out
 

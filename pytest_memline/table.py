@@ -69,8 +69,9 @@ class MemoryTable:
     metric: str = "rss"
     notes: tuple[str, ...] = ()
     marked: frozenset[int] = field(default_factory=frozenset)
-    #: "test" (or a profiled function), or "included": a function of an ``include``d module that
-    #: the test called (its lines are also charged to the test's calling line).
+    #: "test" (or a profiled function), "included": a function of an ``include``d module that
+    #: the test called (its lines are also charged to the test's calling line), or "fixture":
+    #: a fixture's setup (``--memline-fixtures``).
     role: str = "test"
     #: decimals of the sizes when rendered (memory_profiler's ``precision``; not in to_dict)
     precision: int = 1
@@ -94,6 +95,12 @@ class MemoryTable:
 
     def with_around(self, around: Any) -> MemoryTable:
         return self if around is None or around is self.around else dataclasses.replace(self, around=around)
+
+    def with_extras(self, included: Iterable[MemoryTable] = ()) -> list[MemoryTable]:
+        """This table, the ``included`` functions' tables, then the tables of the fixtures
+        traced at the test's setup: what a test's section shows."""
+        fixtures = [f.table for f in self.around.fixtures] if self.around is not None else []
+        return [self, *included, *fixtures]
 
     def with_marks(self, marked: Iterable[int]) -> MemoryTable:
         marks = frozenset(marked)

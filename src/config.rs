@@ -305,33 +305,53 @@ fn parse_rule(
     };
     let mut rule = BTreeMap::new();
     for (key, v) in table {
-        if key == "match" {
-            rule.insert(key.clone(), Parsed::Text(ctx.string(key, v)?));
+        if key == "match" || key == "fixture" {
+            let text = ctx.string(key, v)?;
+            if key == "fixture" && !is_identifier(&text) {
+                return Err(ctx.bad(key, v, "a fixture's name (a Python identifier)"));
+            }
+            rule.insert(key.clone(), Parsed::Text(text));
             continue;
         }
         let Some(spec) = schema.rule_keys.iter().find(|s| s.name == *key) else {
-            let known = names(&schema.rule_keys, &["match"]);
+            let known = names(&schema.rule_keys, &["match", "fixture"]);
             let known: Vec<&str> = known.iter().map(String::as_str).collect();
             return Err(ctx.unknown(key, &known));
         };
         rule.insert(key.clone(), ctx.value(key, &spec.kind, v)?);
     }
-    if !rule.contains_key("match") {
+    if rule.contains_key("fixture") {
+        // a fixture's budget: its setup's peak growth and its lines (the rest is per test)
+        if let Some(key) = rule
+            .keys()
+            .find(|k| !FIXTURE_RULE_KEYS.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "{file}: {}: {key:?} does not apply to a fixture; a rule with \"fixture\" takes {}",
+                ctx.section,
+                FIXTURE_RULE_KEYS.join(", ")
+            ));
+        }
+    } else if !rule.contains_key("match") {
         return Err(format!(
-            "{file}: {}: missing key \"match\" (a glob over test node ids, e.g. \"tests/test_etl.py::*\")",
+            "{file}: {}: missing key \"match\" (a glob over test node ids, e.g. \"tests/test_etl.py::*\") or \"fixture\" (a fixture's name)",
             ctx.section
         ));
     }
     Ok(rule)
 }
 
+/// The keys of a `[[tool.memline.limits]]` entry that names a fixture.
+const FIXTURE_RULE_KEYS: [&str; 4] = ["fixture", "match", "test_limit", "line_limit"];
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_')
+}
+
 fn is_module_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|part| {
-            let mut chars = part.chars();
-            matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
-                && chars.all(|c| c.is_alphanumeric() || c == '_')
-        })
+    !s.is_empty() && s.split('.').all(is_identifier)
 }
 
 #[cfg(test)]
@@ -486,13 +506,37 @@ tolerance = "20%"
         assert!(e.ends_with("known keys: enabled, test_limit, line_limit, tables, top, baseline, tolerance, samples, accept, include, limits"), "{e}");
         let e = parse("[[tool.memline.limits]]\nmatch = \"*\"\nlimit = 5\n").unwrap_err();
         assert!(
-            e.contains("[[tool.memline.limits]] #1: unknown key \"limit\"; known keys: match, test_limit, tolerance"),
+            e.contains("[[tool.memline.limits]] #1: unknown key \"limit\"; known keys: match, fixture, test_limit, tolerance"),
             "{e}"
         );
         let e = parse("[[tool.memline.limits]]\ntest_limit = 5\n").unwrap_err();
         assert!(e.contains("missing key \"match\""), "{e}");
+        assert!(e.contains("or \"fixture\""), "{e}");
         let e = parse("[tool]\nmemline = 3\n").unwrap_err();
         assert!(e.contains("must be a table"), "{e}");
+    }
+
+    #[test]
+    fn fixture_rules() {
+        let c = parse("[[tool.memline.limits]]\nfixture = \"big_frame\"\ntest_limit = \"5MiB\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c.limits[0].get("fixture"),
+            Some(&Parsed::Text("big_frame".into()))
+        );
+        assert!(!c.limits[0].contains_key("match"));
+        let e = parse("[[tool.memline.limits]]\nfixture = \"big frame\"\n").unwrap_err();
+        assert!(
+            e.contains("fixture = \"big frame\": expected a fixture's name"),
+            "{e}"
+        );
+        let e =
+            parse("[[tool.memline.limits]]\nfixture = \"f\"\ntolerance = \"5%\"\n").unwrap_err();
+        assert!(
+            e.contains("#1: \"tolerance\" does not apply to a fixture; a rule with \"fixture\" takes fixture, match, test_limit, line_limit"),
+            "{e}"
+        );
     }
 
     #[test]

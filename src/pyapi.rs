@@ -125,7 +125,7 @@ fn values_dict<'py>(
 }
 
 /// `[tool.memline]` of a pyproject.toml's text as a dict (every key of `keys`, None when not
-/// set, and "limits": a list of dicts with "match" and every key of `rule_keys`), or None when
+/// set, and "limits": a list of dicts with "match", "fixture" and every key of `rule_keys`), or None when
 /// there is none. Raises ValueError naming `file`, the key and the value. `keys` and
 /// `rule_keys`: the schema, from pytest_memline/_keys.py.
 #[pyfunction]
@@ -148,7 +148,12 @@ fn parse_pyproject<'py>(
     let d = values_dict(py, &schema.keys, &c.values, &[])?;
     let rules = PyList::empty(py);
     for r in &c.limits {
-        rules.append(values_dict(py, &schema.rule_keys, r, &["match"])?)?;
+        rules.append(values_dict(
+            py,
+            &schema.rule_keys,
+            r,
+            &["match", "fixture"],
+        )?)?;
     }
     d.set_item("limits", rules)?;
     Ok(Some(d))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-TITLE = re.compile(r"^(?P<nodeid>\S+::\S+)  \((?P<function>\S+) in (?P<filename>.+)\)$")
+#: a test's table; an included function's or a fixture's has " > included f" or " > fixture f
+#: (scope ...)" after the test's id, kept in ``nodeid``
+TITLE = re.compile(r"^(?P<nodeid>\S+::\S+(?: > .+?)?)  \((?P<function>\S+) in (?P<filename>.+)\)$")
 SUMMARY = re.compile(
     r"^(?P<label>.+): start (?P<start>[\d.]+) MiB, peak growth (?P<growth>[+-][\d.]+) MiB, "
     r"end (?P<end>[+-][\d.]+) MiB$"
