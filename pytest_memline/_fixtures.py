@@ -78,6 +78,8 @@ def _own_folders() -> tuple[str, ...]:
 def fixture_function(fixturedef: Any) -> Any:
     """The fixture's own function (unwrapped, unbound), or None."""
     func = getattr(fixturedef, "func", None)
+    if func is None:
+        return None
     try:
         func = inspect.unwrap(func)
     except ValueError:  # a cycle of __wrapped__

@@ -57,7 +57,7 @@ def parse(text: str, file: str) -> dict | None:
 
 def test_the_parser_knows_the_keys_of_the_table() -> None:
     assert known_keys("[tool.memline]") == {k.name for k in _keys.CONFIG_KEYS} | {"limits"}
-    assert known_keys("[[tool.memline.limits]]") == {k.name for k in _keys.RULE_KEYS} | {"match"}
+    assert known_keys("[[tool.memline.limits]]") == {k.name for k in _keys.RULE_KEYS} | {"match", "fixture"}
 
 
 def test_readme_config_examples_are_accepted_and_complete() -> None:
@@ -69,7 +69,8 @@ def test_readme_config_examples_are_accepted_and_complete() -> None:
     reference = next(b for b in blocks if "[[tool.memline.limits]]" in b)
     parsed = parse(reference, "README.md") or {}
     assert set(parsed) == known_keys("[tool.memline]")
-    assert set(parsed["limits"][0]) == known_keys("[[tool.memline.limits]]")
+    # a test's rule and a fixture's: between them every key of an entry
+    assert set().union(*parsed["limits"]) == known_keys("[[tool.memline.limits]]")
 
 
 def test_demo_pyproject_is_valid() -> None:

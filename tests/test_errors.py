@@ -109,7 +109,7 @@ def run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
             '[tool.memline]\ntest_limt = "60MiB"\n',
             'ERROR: memline: pyproject.toml: [tool.memline]: unknown key "test_limt"; known keys: '
             "enabled, test_limit, line_limit, leak_limit, tables, top, peak, metric, baseline, noise_floor, "
-            "tolerance, samples, confirm, leak_runs, accept, missing_baseline, isolate, include, malloc, limits",
+            "tolerance, samples, confirm, leak_runs, accept, missing_baseline, isolate, include, fixtures, malloc, limits",
             id="unknown-key",
         ),
         pytest.param(
@@ -157,7 +157,7 @@ def run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
         pytest.param(
             '[[tool.memline.limits]]\nline_limit = "1MiB"\n',
             'ERROR: memline: pyproject.toml: [[tool.memline.limits]] #1: missing key "match" (a '
-            'glob over test node ids, e.g. "tests/test_etl.py::*")',
+            'glob over test node ids, e.g. "tests/test_etl.py::*") or "fixture" (a fixture'"'s name)',
             id="rule-without-match",
         ),
     ],

@@ -109,6 +109,7 @@ OPTIONS = [
     "--memline-missing-baseline",
     "--memline-isolate",
     "--memline-include",
+    "--memline-fixtures",
     "--memline-malloc",
     "--memline-save",
     "--memline-compare",

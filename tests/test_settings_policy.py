@@ -170,3 +170,34 @@ def test_an_unmatched_rule_is_a_warning_in_a_real_session(pytester: pytest.Pytes
             "relative to the rootdir, the closest is 'test_numeric.py::test_add'"
         ]
     )
+
+
+def test_fixture_rules_budget_fixtures_not_tests(tmp_path: Path) -> None:
+    from pytest_memline._settings import unmatched_fixtures
+
+    cfg = config(
+        '[tool.memline]\ntest_limit = "1GiB"\n'
+        '[[tool.memline.limits]]\nfixture = "frame"\nmatch = "tests/test_etl.py::*"\ntest_limit = "5MiB"\n'
+        '[[tool.memline.limits]]\nfixture = "frame"\ntest_limit = "50MiB"\nline_limit = "8MiB"\n'
+        '[[tool.memline.limits]]\nmatch = "*"\ntest_limit = "70MiB"\n'
+    )
+    s = resolve(options(), cfg, "pyproject.toml", tmp_path, tmp_path)
+    # a test's own limits never come from a fixture's rule
+    assert s.limits_for("tests/test_etl.py::test_load", None).test.value == 70 * MIB
+    # the first rule naming the fixture whose match (if any) matches the test
+    etl = s.fixture_limits("frame", "tests/test_etl.py::test_load")
+    assert etl is not None and etl.test.value == 5 * MIB and etl.line is None
+    assert etl.test.source == (
+        "pyproject.toml [[tool.memline.limits]] #1 (fixture = 'frame', match = 'tests/test_etl.py::*')"
+    )
+    other = s.fixture_limits("frame", "tests/test_io.py::test_read")
+    assert other is not None and (other.test.value, other.line.value) == (50 * MIB, 8 * MIB)
+    assert s.fixture_limits("other", "tests/test_io.py::test_read") is None
+    # the config's defaults are for tests: a fixture without a rule has no budget
+    assert s.fixture_limits("frame", "x.py::t").test.source.endswith("#2 (fixture = 'frame')")
+    assert unmatched_fixtures(s.fixture_rules, {"frames", "tmp_path"}) == [
+        "memline: pyproject.toml [[tool.memline.limits]] #1 (fixture = 'frame', match = "
+        "'tests/test_etl.py::*') names fixture 'frame', which none of the collected tests uses: "
+        "its limits were not checked; did you mean 'frames'?"
+    ]
+    assert unmatched_fixtures(s.fixture_rules, {"frame"}) == []
