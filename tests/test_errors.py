@@ -157,7 +157,7 @@ def run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
         pytest.param(
             '[[tool.memline.limits]]\nline_limit = "1MiB"\n',
             'ERROR: memline: pyproject.toml: [[tool.memline.limits]] #1: missing key "match" (a '
-            'glob over test node ids, e.g. "tests/test_etl.py::*") or "fixture" (a fixture'"'s name)',
+            'glob over test node ids, e.g. "tests/test_etl.py::*") or "fixture" (a fixture\'s name)',
             id="rule-without-match",
         ),
     ],
