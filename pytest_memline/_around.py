@@ -9,7 +9,9 @@ A test's figures, in the metric's unit (RSS bytes, or heap bytes under ``metric 
 - ``body_start`` / ``body_end``: the start and end of its traced body (the table's);
 - ``after``: after its teardown, once cyclic garbage is collected and malloc trimmed.
 
-``retained = after - before``. Fixtures of a wider scope (module, class, package, session)
+``retained = after - before``, less ``own``: memory memline itself made resident in that window
+(the ballast an xdist worker's first trace may keep so that the exact peak works there, see
+``RssReader::lift_above_floor``), which is the plugin's, not the test's. Fixtures of a wider scope (module, class, package, session)
 that were set up for this test stay alive after it: their growth is charged here, once, where
 they were set up (``wider``), and ``left = retained - charged`` is what the leak limit judges.
 """
@@ -57,11 +59,18 @@ class Around:
     #: the tables of the fixtures traced at its setup (``_fixtures``: those that allocated or
     #: have a budget)
     fixtures: tuple[Any, ...] = ()
+    #: memline's own memory held resident at ``before`` (``_memline.ballast``), and what it
+    #: added since: taken out of ``setup`` and ``retained``
+    ballast: int = 0
+    own: int = 0
+    #: what fixtures of a wider scope released when they were torn down after this test (the
+    #: last of their module, class or session); ``after`` is read before they were
+    released: int = 0
 
     @property
     def setup(self) -> int | None:
         """What the fixtures added (before setup to the start of the body)."""
-        return None if self.body_start is None else self.body_start - self.before
+        return None if self.body_start is None else self.body_start - self.before - self.own
 
     @property
     def teardown(self) -> int | None:
@@ -72,7 +81,7 @@ class Around:
 
     @property
     def retained(self) -> int | None:
-        return None if self.after is None else self.after - self.before
+        return None if self.after is None else self.after - self.before - self.own
 
     @property
     def charged(self) -> int:
@@ -122,6 +131,11 @@ class Around:
                 f"note: wider-scoped fixtures set up for this test, charged here once and not "
                 f"counted as left behind: {names}"
             )
+        if abs(self.released) >= SHOWN_AS_NONZERO:
+            lines.append(
+                f"note: wider-scoped fixtures torn down after this test: {signed_mib(self.released, p)}"
+                " (read before them: not counted as this test's)"
+            )
         if self.repetitions:
             each = ", ".join(signed_mib(r, p) for r in self.repetitions)
             slope = self.slope or 0.0
@@ -151,6 +165,8 @@ class Around:
             "worker": self.worker,
             "isolated": self.isolated,
             "fixtures": [f.to_dict() for f in self.fixtures],
+            "own": self.own,
+            "released": self.released,
         }
 
     @classmethod
@@ -173,6 +189,8 @@ class Around:
             worker=d.get("worker"),
             isolated=bool(d.get("isolated", False)),
             fixtures=tuple(FixtureTable.from_dict(f) for f in d.get("fixtures", ())),
+            own=int(d.get("own", 0)),
+            released=int(d.get("released", 0)),
         )
 
 
@@ -221,6 +239,10 @@ class AroundTracker:
         self.settled = False
         #: tracemalloc started for this test (metric "heap"), stopped after its teardown
         self.started_tracemalloc = False
+        #: the reading taken once the test's own finalizers ran, before those of wider scopes
+        #: (see ``teardown_begins``), and where its marker was put
+        self.own_done: int | None = None
+        self.marker: tuple[list[Any], Any] | None = None
 
     def begin(self, item: pytest.Item, metric: str) -> None:
         """Before the test's setup."""
@@ -240,7 +262,9 @@ class AroundTracker:
         if wider_pending(item):
             self.pluginmanager.register(self.fixture_hooks, "memline-wider-fixtures")
             self.hooks_registered = True
-        item.stash[AROUND_KEY] = Around(metric, read(metric, self.reader), worker=self.worker)
+        item.stash[AROUND_KEY] = Around(
+            metric, read(metric, self.reader), worker=self.worker, ballast=self._ballast(metric)
+        )
 
     def fixture_setup(self, scope: str) -> int | None:
         """Before a fixture's setup: the reading, when it is a wider-scoped fixture of the
@@ -269,14 +293,52 @@ class AroundTracker:
             return
         if start is not None and end is not None:
             around.body_start, around.body_end = start, end
+            around.own = self._ballast(around.metric) - around.ballast
         if repetitions or error:
             around.repetitions, around.repeat_error = tuple(repetitions), error
         if isolated:
             around.isolated = True
 
+    def teardown_begins(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Before the test's teardown. When it may tear down fixtures of a wider scope too
+        (the last test of its class, module or session), a marker goes last among the
+        finalizers of the test's parent node: pytest runs the test's own finalizers first, then
+        the marker (the reading that ends the test), then the wider fixtures' (what they
+        release is not the test's). A private structure of pytest (``SetupState.stack``, the
+        same since pytest 7): where it is not there, the reading is taken after all of them."""
+        if item is not self.current or (nextitem is not None and nextitem.parent is item.parent):
+            return
+        stack = getattr(getattr(item.session, "_setupstate", None), "stack", None)
+        entry = stack.get(item.parent) if isinstance(stack, dict) else None
+        if not entry or not isinstance(entry[0], list):
+            return
+        finalizers = entry[0]
+
+        def marker() -> None:
+            if self.current is item:
+                self.own_done = self._settled_reading(item)
+
+        finalizers.append(marker)
+        self.marker = (finalizers, marker)
+
+    def _settled_reading(self, item: pytest.Item) -> int:
+        if getattr(item, "funcargs", None):
+            # the fixtures' values: pytest lets go of them right after the teardown's report;
+            # let go now, or every function-scoped fixture would count as left behind
+            item.funcargs = {}  # type: ignore[attr-defined]
+        metric = self.metric
+        self.measure.settle(metric)
+        return read(metric, self.reader)
+
     def end(self, item: pytest.Item) -> Around | None:
         """After the test's teardown: its figures, complete (None for an untraced test)."""
         around = item.stash.get(AROUND_KEY, None)
+        own_done, self.own_done = self.own_done, None
+        if self.marker is not None:
+            finalizers, marker = self.marker
+            self.marker = None
+            if marker in finalizers:  # its parent stays (the next test shares it)
+                finalizers.remove(marker)
         self.current = None
         if self.hooks_registered:
             self.pluginmanager.unregister(self.fixture_hooks)
@@ -288,16 +350,24 @@ class AroundTracker:
             del item.stash[AROUND_KEY]
             self._stop_tracemalloc()
             return None
-        if getattr(item, "funcargs", None):
-            # the fixtures' values: pytest lets go of them right after the teardown's report;
-            # let go now, or every function-scoped fixture would count as left behind
-            item.funcargs = {}  # type: ignore[attr-defined]
-        self.measure.settle(around.metric)
-        after = read(around.metric, self.reader)
+        after = self._settled_reading(item)
         self.settled = True
         self._stop_tracemalloc()
+        if own_done is not None:
+            around.released = after - own_done
+            after = own_done
         around.after, around.wider = after, tuple(self.wider)
+        around.own = self._ballast(around.metric) - around.ballast
         return around
+
+    @staticmethod
+    def _ballast(metric: str) -> int:
+        """memline's own resident memory (it is not on the Python heap: 0 under "heap")."""
+        if metric == "heap":
+            return 0
+        from pytest_memline import _memline
+
+        return _memline.ballast()
 
     def _stop_tracemalloc(self) -> None:
         if self.started_tracemalloc:

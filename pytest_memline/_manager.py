@@ -137,6 +137,10 @@ class MemlinePlugin:
             limits.append(f"line {format_size(s.line_limit.value)}")
         if s.rules:
             limits.append(f"{len(s.rules)} [[tool.memline.limits]] rules")
+        if s.fixtures or s.fixture_rules:
+            named = sorted({r.fixture for r in s.fixture_rules if r.fixture})
+            which = "every fixture's setup" if s.fixtures else "the setup of " + ", ".join(named)
+            lines.append(f"memline: traced line by line too: {which} (see README \"Fixtures\")")
         where = f" from {s.config_file}" if s.config_file and limits else ""
         lines.append(
             f"memline: tables={s.tables}, top={s.top}; default limits: "
@@ -210,6 +214,10 @@ class MemlinePlugin:
         # Outside the except block: failing inside it chains the MarkerError, and pytest then
         # prints the message twice ("During handling of the above exception ...").
         pytest.fail(error, pytrace=False)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        self.around.teardown_begins(item, nextitem)
 
     def _ended(self, item: pytest.Item) -> str | None:
         """The test's figures after its teardown; the leak limit's message when it is over."""

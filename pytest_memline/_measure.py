@@ -374,7 +374,12 @@ class Measurer:
             # not blamed for them (the test's own growth is still measured whole)
             lost = trace.interrupted_line
             checked = dataclasses.replace(checked, rows=tuple(r for r in checked.rows if r.lineno != lost))
-        violations = [*item.stash.get(FIXTURE_FAILURES_KEY, ()), *check(checked, limits)]
+        # its fixtures' budgets first: they were set up first (and read once: a rerun of the
+        # test sets them up again)
+        fixture_failures = item.stash.get(FIXTURE_FAILURES_KEY, ())
+        if fixture_failures:
+            del item.stash[FIXTURE_FAILURES_KEY]
+        violations = [*fixture_failures, *check(checked, limits)]
         comparison = self.gate.compare(item.nodeid, table, limits)
         marks = {v.lineno for v in violations if v.lineno is not None}
         if comparison is not None and comparison.regressed:

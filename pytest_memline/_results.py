@@ -145,7 +145,8 @@ class RunResults:
                     "worker": around.worker,
                     "before_setup": around.before,
                     "after_call": around.body_end,
-                    "after_teardown": around.after,
+                    # the process's, with what wider-scoped fixtures torn down then released
+                    "after_teardown": None if around.after is None else around.after + around.released,
                 }
             )
 

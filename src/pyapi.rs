@@ -239,6 +239,13 @@ fn process_peak() -> Option<u64> {
     crate::rss::process_peak()
 }
 
+/// The memory memline keeps resident in this process so that the exact peak works under an
+/// inherited `ru_maxrss` floor (bytes; 0 in most processes, a few MiB in an xdist worker).
+#[pyfunction]
+fn ballast() -> u64 {
+    crate::rss::ballast()
+}
+
 /// The process's RSS now (bytes), read as traces read it (`reader`: "auto", "procfs" or
 /// "portable"): what memline measures around a test, outside its trace.
 #[pyfunction]
@@ -326,6 +333,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(process_peak, m)?)?;
     m.add_function(wrap_pyfunction!(rss_now, m)?)?;
+    m.add_function(wrap_pyfunction!(ballast, m)?)?;
     m.add_function(wrap_pyfunction!(check_write_path, m)?)?;
     m.add_function(wrap_pyfunction!(check_read_path, m)?)?;
     m.add_function(wrap_pyfunction!(pin_malloc, m)?)?;
