@@ -308,6 +308,9 @@ class AroundTracker:
         same since pytest 7): where it is not there, the reading is taken after all of them."""
         if item is not self.current or (nextitem is not None and nextitem.parent is item.parent):
             return
+        around = item.stash.get(AROUND_KEY, None)
+        if around is None or around.body_start is None:
+            return  # skipped or failed at setup: no figures to read
         stack = getattr(getattr(item.session, "_setupstate", None), "stack", None)
         entry = stack.get(item.parent) if isinstance(stack, dict) else None
         if not entry or not isinstance(entry[0], list):
